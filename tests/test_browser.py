@@ -9,6 +9,7 @@ from hand importance weighting and from the verdict counts. Screenshots of every
 
 import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -58,7 +59,8 @@ def app(tiny_world, tmp_path_factory):
             dialogs = []
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             page.goto(url)
-            page.get_by_role("heading", name="Runs").wait_for(timeout=UI_TIMEOUT_MS)
+            # The first visit imports every module the page needs: the slowest by far on a busy machine.
+            page.get_by_role("heading", name="Runs").wait_for(timeout=3 * UI_TIMEOUT_MS)
             yield page, dialogs
 
 
@@ -82,11 +84,22 @@ def _grid(page, key: str) -> list[dict]:
 
 def _traces(page, key: str) -> dict[str, dict]:
     page.wait_for_function(f"() => ({TRACES_JS})('{key}') !== null", timeout=UI_TIMEOUT_MS)
-    return {t["name"]: t for t in page.evaluate(TRACES_JS, key)}
+    return {t["name"]: t for t in page.evaluate(TRACES_JS, key) or []}  # None: redrawn in between
 
 
-def _metrics(page) -> list[str]:
-    return page.locator("[data-testid=stMetricValue]").all_inner_texts()
+def _metrics(page) -> list[float]:
+    return [float(v) for v in page.locator("[data-testid=stMetricValue]").all_inner_texts()[:2]]
+
+
+def _eventually(read, expected):
+    """What ``read()`` returns once it equals ``expected``, or its last value after UI_TIMEOUT_MS (the caller's
+    assert then shows it): the page redraws when the server's script run after an action reaches that element."""
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while True:
+        value = read()
+        if value == expected or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
 
 
 def test_a_dpo_run_launched_from_the_form_trains_finishes_and_is_charted(app):
@@ -94,15 +107,17 @@ def test_a_dpo_run_launched_from_the_form_trains_finishes_and_is_charted(app):
     page.get_by_text("Launch a training run").click()
     page.locator(".st-key-launch-dpo-example-training-max_steps input").fill("3")
     page.locator(".st-key-launch-dpo-example-logging-run_name input").fill("browser dpo")
+    page.locator(".st-key-launch-dpo-example-data-eval input").fill("")  # no held-out pass: a shorter job
     page.locator(".st-key-launch_submit_dpo button").click()
     started = page.get_by_text(re.compile(r"Started run \S+;"))
     started.wait_for(timeout=UI_TIMEOUT_MS)
     run_id = re.search(r"Started run (\S+);", started.inner_text()).group(1)
-    assert read_run(run_id)["config"]["training"]["max_steps"] == 3
+    config = read_run(run_id)["config"]
+    assert (config["training"]["max_steps"], config["data"]["eval"], config["dpo"]["beta"]) == (3, None, 0.1)
 
     # Followed live: the table refreshes while the run is active, the run details follow the new run.
-    _settle(page)
-    assert page.locator(".st-key-detail_run input").input_value() == f"browser dpo ({run_id})"
+    followed = f"browser dpo ({run_id})"
+    assert _eventually(lambda: page.locator(".st-key-detail_run input").input_value(), followed) == followed
     page.wait_for_function(f"() => (({GRID_JS})('runs') || []).some(r => r.run_id === '{run_id}' "
                            "&& r.status === 'finished')", timeout=TRAIN_TIMEOUT_MS)
     page.get_by_text("Status: finished").wait_for(timeout=UI_TIMEOUT_MS)
@@ -111,17 +126,20 @@ def test_a_dpo_run_launched_from_the_form_trains_finishes_and_is_charted(app):
     stored = StoreReader().query("SELECT step, value FROM metrics WHERE run_id = ? AND name = 'loss' ORDER BY step",
                                  [run_id])
     assert len(stored) == 3
-    page.wait_for_function("() => document.querySelector('.st-key-chart_live_metrics .js-plotly-plot') !== null",
-                           timeout=UI_TIMEOUT_MS)
-    loss = _traces(page, "live_metrics")["browser dpo"]
-    assert loss["x"] == stored["step"].tolist()
-    assert loss["y"] == pytest.approx(stored["value"].tolist())
+    expected = (stored["step"].tolist(), pytest.approx(stored["value"].tolist()))
+    loss = _eventually(lambda: _curve(page, "live_metrics", "browser dpo"), expected)
+    assert loss == expected
     row = next(r for r in _grid(page, "runs") if r["run_id"] == run_id)
     assert (row["name"], row["method"], row["status"], row["steps"]) == ("browser dpo", "dpo", "finished",
                                                                           str(stored["step"].max()))
-    log = page.locator(".st-key-log_tail code").inner_text()
-    assert f"run {run_id} finished" in log and "\x1b" not in log  # the job's own words, no terminal codes
+    ended = _eventually(lambda: f"run {run_id} finished" in page.locator(".st-key-log_tail code").inner_text(), True)
+    assert ended and "\x1b" not in page.locator(".st-key-log_tail code").inner_text()  # no terminal codes
     screenshot(page, SHOTS / "runs.png")
+
+
+def _curve(page, key: str, name: str) -> tuple[list, list] | None:
+    trace = _traces(page, key).get(name)
+    return None if trace is None else (trace["x"], trace["y"])
 
 
 def _hand_estimate(weights) -> np.ndarray:
@@ -134,20 +152,25 @@ def _hand_estimate(weights) -> np.ndarray:
 def test_moving_a_mixer_slider_changes_the_estimate(app):
     page, _ = app
     _open(page, "Mixer")
-    assert [float(v) for v in _metrics(page)[:2]] == pytest.approx(_hand_estimate([0.6, 0.4]).tolist(), abs=1e-4)
+    start = pytest.approx(_hand_estimate([0.6, 0.4]).tolist(), abs=1e-4)  # the run's lambda.json
+    assert _eventually(lambda: _metrics(page), start) == start
     screenshot(page, SHOTS / "mixer.png")
     _drag_slider(page, "mixer_w_run-mix_0", 0.9)
-    page.wait_for_function("() => document.querySelector('.st-key-mixer_w_run-mix_1 input[type=range]').value "
-                           "!== '0.4'", timeout=UI_TIMEOUT_MS)  # the other weight follows, keeping the sum at 1
-    _settle(page)
-    weights = [float(page.locator(f".st-key-mixer_w_run-mix_{i} input[type=range]").input_value()) for i in (0, 1)]
-    assert weights[0] == pytest.approx(0.9, abs=0.03) and sum(weights) == pytest.approx(1.0)
-    shown = [float(v) for v in _metrics(page)[:2]]
-    assert shown == pytest.approx(_hand_estimate(weights).tolist(), abs=1e-4)
-    assert shown != pytest.approx(_hand_estimate([0.6, 0.4]).tolist(), abs=1e-3)
-    current = _traces(page, "mixer_pareto")["current mixture"]
-    assert [current["x"][0], current["y"][0]] == pytest.approx(_hand_estimate(weights).tolist())
+    # The server rebalances the other weight so that the two sum to 1, then redraws the estimate.
+    moved = _eventually(lambda: _slider_values(page, 2)[1] != 0.4, True)
+    weights = _slider_values(page, 2)
+    assert moved and weights[0] == pytest.approx(0.9, abs=0.03) and sum(weights) == pytest.approx(1.0)
+    estimate = _hand_estimate(weights)
+    expected = pytest.approx(estimate.tolist(), abs=1e-4)  # shown with 4 decimals
+    assert _eventually(lambda: _metrics(page), expected) == expected
+    assert _metrics(page) != start
+    star = ([pytest.approx(estimate[0])], [pytest.approx(estimate[1])])  # the chart's point is not rounded
+    assert _eventually(lambda: _curve(page, "mixer_pareto", "current mixture"), star) == star
     screenshot(page, SHOTS / "mixer_moved.png")
+
+
+def _slider_values(page, k: int) -> list[float]:
+    return [float(page.locator(f".st-key-mixer_w_run-mix_{i} input[type=range]").input_value()) for i in range(k)]
 
 
 def _drag_slider(page, key: str, fraction: float) -> None:
@@ -160,15 +183,15 @@ def _drag_slider(page, key: str, fraction: float) -> None:
     page.mouse.up()
 
 
-def _leaderboard(page) -> dict[str, int]:
-    _open(page, "Compare")
+def _battles(page) -> dict[str, int]:
     return {r["model"]: int(r["battles"]) for r in _grid(page, "leaderboard")}
 
 
 def test_model_output_stays_literal_and_a_vote_reaches_the_leaderboard(app):
     page, dialogs = app
-    before = _leaderboard(page)
-    assert before == {m: sum(JUDGE_WINS[pair]) for pair in JUDGE_WINS for m in pair}
+    _open(page, "Compare")
+    before = {m: sum(JUDGE_WINS[pair]) for pair in JUDGE_WINS for m in pair}
+    assert _eventually(lambda: _battles(page), before) == before
     assert page.get_by_text("Some models never met").is_visible()  # two rating groups so far
     screenshot(page, SHOTS / "compare_before_vote.png")
 
@@ -186,8 +209,9 @@ def test_model_output_stays_literal_and_a_vote_reaches_the_leaderboard(app):
     votes = StoreReader().query("SELECT model_a, model_b, winner FROM judgments WHERE source = 'human'")
     assert votes.values.tolist() == [["dpo", "mallows", "a"]]
 
-    after = _leaderboard(page)
-    assert after == {**before, "dpo": before["dpo"] + 1, "mallows": before["mallows"] + 1}
+    _open(page, "Compare")
+    after = {**before, "dpo": before["dpo"] + 1, "mallows": before["mallows"] + 1}
+    assert _eventually(lambda: _battles(page), after) == after
     assert not page.get_by_text("Some models never met").is_visible()  # the vote joined the two groups
     human = next(r for r in _grid(page, "pair_win_rates") if r["source"] == "human")
     assert (human["model"], human["opponent"], float(human["win_rate"]), human["n"]) == ("dpo", "mallows", 1.0, "1")

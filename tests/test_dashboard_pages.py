@@ -115,7 +115,7 @@ def test_runs_table_lists_every_run_and_filters(filled):
 def test_metric_chart_overlays_runs_with_their_values_and_smooths(filled):
     at = _open()
     at.multiselect(key="live_runs").set_value(["run-dpo", "run-dpo2"]).run()
-    at.selectbox(key="live_metric").select("loss").run()
+    _metric_selector(at).select("loss").run()
     traces = _traces(_figure(at, "live_metrics"))
     for name, slope in (("dpo beta 0.1", 0.01), ("dpo beta 0.2", 0.02)):
         assert np.allclose(_array(traces[name]["y"]), [0.7 - slope * s for s in range(STEPS)])
@@ -125,6 +125,27 @@ def test_metric_chart_overlays_runs_with_their_values_and_smooths(filled):
     for s in range(1, STEPS):
         expected.append(0.5 * expected[-1] + 0.5 * (0.7 - 0.01 * s))
     assert np.allclose(y, expected)
+
+
+def test_metric_selector_follows_the_loss_until_a_pick_and_keeps_the_pick(filled):
+    writer = RunWriter.create("run-new", method="dpo", name="new", config={}, kind="train")
+    writer.log_metrics(0, {"data/train_pairs": 96.0})  # bookkeeping first, as a starting run logs it
+    at = _open()
+    at.multiselect(key="live_runs").set_value(["run-new"]).run()
+    assert _metric_selector(at).value == "data/train_pairs"
+    writer.log_metrics(1, {"loss": 0.69, "grad_norm": 1.5})
+    at.run()
+    assert _metric_selector(at).value == "loss"
+    _metric_selector(at).select("grad_norm").run()
+    writer.log_metrics(2, {"eval_loss": 0.7})  # new names: the selector is redrawn, the pick stays
+    at.run()
+    assert _metric_selector(at).value == "grad_norm"
+    assert _figure(at, "live_metrics")["layout"]["title"]["text"] == "grad_norm"
+
+
+def _metric_selector(at: AppTest):
+    (selector,) = [s for s in at.selectbox if s.label == "Metric"]
+    return selector
 
 
 def _element_after(at: AppTest, key: str):

@@ -1,5 +1,7 @@
 """Runs: every job with its status, a launch form for each method, live metric charts, cancel, logs, config diff."""
 
+import zlib
+
 import streamlit as st
 
 from dashboard import charts
@@ -12,6 +14,7 @@ from engine.store import StoreError
 
 LIVE_SECONDS = 3.0
 PREFERRED_METRICS = ("loss", "train/loss", "rewards/margins", "mix/F_hat")
+METRIC_PICK = "live_metric_pick"  # the metric a person chose, kept across runs and refreshes
 
 st.title("Runs")
 show_first_run_if_needed()
@@ -78,8 +81,10 @@ smoothing = st.slider("Smoothing", 0.0, 0.99, 0.0, 0.01, key="live_smoothing",
 live = any(r in active_ids for r in chosen)
 
 
-def _picked() -> None:
-    st.session_state["live_metric_picked"] = True
+def _remember_pick(key: str, start: str) -> None:
+    # A selector reports its starting value once when it first appears (seen in the browser): that is no pick.
+    if st.session_state[key] != start:
+        st.session_state[METRIC_PICK] = st.session_state[key]
 
 
 @st.fragment(run_every=LIVE_SECONDS if live else None)
@@ -93,9 +98,13 @@ def live_metrics() -> None:
         st.info("The chosen runs have logged no metrics yet" + (" (refreshing)." if live else "."))
         return
     # Until someone picks a metric, follow the loss: a starting run logs bookkeeping numbers before its first loss.
-    if not st.session_state.get("live_metric_picked") or st.session_state.get("live_metric") not in names:
-        st.session_state["live_metric"] = next((n for n in PREFERRED_METRICS if n in names), names[0])
-    metric = st.selectbox("Metric", names, key="live_metric", on_change=_picked)
+    # The selector is a new widget whenever the names change, starting at the pick or the loss; its value is never
+    # written from here, since a refresh carrying the old value then looked like a pick (seen in the browser).
+    pick = st.session_state.get(METRIC_PICK)
+    first = pick if pick in names else next((n for n in PREFERRED_METRICS if n in names), names[0])
+    key = f"live_metric_{zlib.crc32(chr(0).join(names).encode()):08x}"
+    metric = st.selectbox("Metric", names, index=names.index(first), key=key, on_change=_remember_pick,
+                          args=(key, first))
     chart(charts.metric_curves(metric_curves(metric, chosen), metric, smoothing, labels), "live_metrics")
     if live:
         st.caption(f"refreshing every {LIVE_SECONDS:.0f} s while a chosen run is active")
