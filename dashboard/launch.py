@@ -11,7 +11,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from dashboard.forms import FORM_SOURCE, error_field, form_fields, initial_values, method_doc, raw_config
-from dashboard.queries import DEMO_KIND, config_presets, demo_ready, is_active, latest_demo_job
+from dashboard.queries import DEMO_KIND, config_presets, demo_ready, has_training_runs, is_active, latest_demo_job
 from dashboard.widgets import terminal_text, untrusted
 from engine.config import METHODS, ConfigError, config_from_dict, config_to_dict
 from engine.runner import launch, tail_log
@@ -98,28 +98,34 @@ def launch_form(on_launch: Callable[[str], None] | None = None) -> None:
     st.rerun()  # the table above then lists the new run
 
 
-def first_run_screen() -> None:
-    """Shown while the demo models are missing: offers `python -m engine demo prepare` as a job and follows it."""
-    job = latest_demo_job()
+def first_run_screen(job: dict | None) -> None:
+    """Shown until the demo has run: offers `demo prepare` (the world only) or `demo run` (every method trained,
+    evaluated and compared) as a job, and follows the newest such job (``job``)."""
     running = job is not None and is_active(job["status"])
     with st.container(border=True, key="first_run"):
         st.subheader("Welcome to PrefLab")
-        st.write("No models yet. The offline demo builds a small review corpus, a tokenizer, two tiny language "
-                 "models and preference sets for two objectives (sentiment, conciseness), with no download.")
-        if st.button("Prepare the demo", type="primary", disabled=running, key="prepare_demo"):
+        st.write("The offline demo builds a small review corpus, a tokenizer, two tiny language models and preference "
+                 "sets for two objectives (sentiment, conciseness), with no download. **Run the whole demo** then "
+                 "trains every method on them, mixes the objectives and evaluates everything against the SFT model "
+                 "(about 15 minutes on two CPU cores; each finished step is reused).")
+        run_col, prepare_col = st.columns(2)
+        if run_col.button("Run the whole demo", type="primary", disabled=running, key="run_demo"):
+            launch(["demo", "run"], method=DEMO_KIND, name="demo run", kind=DEMO_KIND)
+            st.rerun()
+        if prepare_col.button("Only prepare the demo world", disabled=running or demo_ready(), key="prepare_demo"):
             launch(["demo", "prepare"], method=DEMO_KIND, name="demo prepare", kind=DEMO_KIND)
             st.rerun()
         if job is not None:
-            _demo_progress(job["run_id"], running)
+            _demo_progress(job["run_id"], job["name"], running)
 
 
-def _demo_progress(run_id: str, running: bool) -> None:
+def _demo_progress(run_id: str, name: str, running: bool) -> None:
     @st.fragment(run_every=2.0 if running else None)
     def progress() -> None:
         from dashboard.queries import run_info
 
         job = run_info(run_id)
-        st.write(f"Demo preparation: **{job['status']}**")
+        st.write(f"{name.capitalize()}: **{job['status']}**")
         if job["message"]:
             untrusted(job["message"])
         st.code(terminal_text(tail_log(run_id, 30)) or "(no output yet)", language=None, wrap_lines=True)
@@ -130,8 +136,9 @@ def _demo_progress(run_id: str, running: bool) -> None:
 
 
 def show_first_run_if_needed() -> bool:
-    """The first-run screen when no demo model exists; True when it was shown."""
-    if demo_ready():
+    """The first-run screen while no demo model or no training run exists yet, or a demo job runs; True if shown."""
+    job = latest_demo_job()
+    if demo_ready() and has_training_runs() and not (job is not None and is_active(job["status"])):
         return False
-    first_run_screen()
+    first_run_screen(job)
     return True

@@ -190,11 +190,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = {"store": "bench.store", "mixing": "bench.mixing", "train": "bench.train_throughput",
+              "dashboard": "bench.dashboard"}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
     sys.path.insert(0, str(REPO_ROOT))
-    module = {"store": "bench.store", "mixing": "bench.mixing", "train": "bench.train_throughput"}[args.name]
+    module = BENCHMARKS[args.name]
     return importlib.import_module(module).main(args.rest)
 
 
@@ -273,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="benchmarks (see bench/)")
-    p.add_argument("name", choices=["store", "mixing", "train"])
+    p.add_argument("name", choices=sorted(BENCHMARKS))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (--help for its list)")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -229,15 +229,28 @@ def test_config_diff_shows_only_the_changed_field(filled):
     assert diff.values.tolist() == [["dpo.beta", "0.1", "0.2"]]
 
 
-def test_first_run_screen_prepares_the_demo_as_a_job(data_root, fake_jobs):
+@pytest.mark.parametrize(("button", "engine_args", "caption"), [
+    ("prepare_demo", ["demo", "prepare"], "Demo prepare:"),
+    ("run_demo", ["demo", "run"], "Demo run:"),
+])
+def test_first_run_screen_starts_the_demo_as_a_job(data_root, fake_jobs, button, engine_args, caption):
     at = _open()
     assert at.subheader[0].value == "Welcome to PrefLab"
     assert at.toggle(key="launch_open").value  # no runs yet: the launch form starts open
-    at.button(key="prepare_demo").click().run()
-    assert fake_jobs == [["demo", "prepare"]]
+    at.button(key=button).click().run()
+    assert fake_jobs == [engine_args]
     (run_id,) = list_run_ids()
     assert read_run(run_id)["kind"] == "demo"
-    assert any(m.value.startswith("Demo preparation:") for m in at.markdown)
+    assert any(m.value.startswith(caption) for m in at.markdown)
+
+
+def test_first_run_screen_leaves_once_the_demo_world_and_a_training_run_exist(filled, monkeypatch):
+    import dashboard.launch
+
+    monkeypatch.setattr(dashboard.launch, "demo_ready", lambda: True)
+    assert not [s for s in _open().subheader if s.value == "Welcome to PrefLab"]
+    monkeypatch.setattr(dashboard.launch, "demo_ready", lambda: False)
+    assert [s for s in _open().subheader if s.value == "Welcome to PrefLab"]
 
 
 # ---------------------------------------------------------------------------------------------- compare
