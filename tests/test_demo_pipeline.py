@@ -54,6 +54,45 @@ def test_every_method_has_a_finished_run(demo):
     assert all((run_dir(run_id) / "model").is_dir() for name, run_id in stages.items() if name != "mixing")
 
 
+def test_the_dashboard_tour_shows_the_demo(demo):
+    """Every page opened in Chromium on the demo's store (dashboard/tour.py, which also takes the README's shots):
+    no page fails, and what is drawn equals the store: the newest training run's loss curve, a win-rate bar of
+    every evaluated model, every Pareto point with the same front, the current mixture on the Mixer's chart."""
+    from dashboard.server import serve
+    from dashboard.tour import tour
+
+    shots = REPO_ROOT / "artifacts" / "tour"
+    with serve(demo["root"], demo["root"].parent / "tour_streamlit.log") as url:
+        seen = tour(url, shots)
+    assert {page: facts["errors"] for page, facts in seen.items()} == {page: [] for page in seen}
+    assert all((shots / f"{page.lower()}.png").stat().st_size > 10_000 for page in seen)
+    reader = StoreReader()
+
+    runs_chart = seen["Runs"]["chart"]
+    (curve,) = runs_chart["traces"].values()
+    newest = _runs("train")[0]  # runs are listed newest first
+    assert curve["name"] == newest["name"] and runs_chart["title"] == "loss"
+    loss = reader.query("SELECT step, value FROM metrics WHERE run_id = ? AND name = 'loss' ORDER BY step",
+                        [newest["run_id"]])
+    assert len(loss) > 1
+    assert curve["x"] == loss.step.tolist() and np.allclose(curve["y"], loss.value)
+
+    bars = seen["Compare"]["chart"]["traces"]["win rate"]
+    rates = reader.query("SELECT model, value FROM evaluations WHERE metric = 'win_rate' AND run_id = ?",
+                         [_runs("eval")[0]["run_id"]])  # the page starts on the newest evaluation
+    assert sorted(bars["x"]) == sorted(f"{m} vs sft" for m in rates.model)
+    assert sorted(bars["y"]) == pytest.approx(sorted(rates.value))
+
+    traces = seen["Pareto"]["chart"]["traces"]
+    every = pareto_table(reader, ["conciseness", "sentiment"])
+    shown = sorted(set(every.kind) - {"mixture:check"})  # the page leaves the SIR check points out until asked
+    table = pareto_table(reader, ["conciseness", "sentiment"], kinds=shown)
+    assert sum(len(t["x"]) for name, t in traces.items() if name != "Pareto front") == len(table)
+    front = table[table.on_front]
+    assert sorted(traces["Pareto front"]["x"]) == pytest.approx(sorted(front.conciseness))
+    assert "current mixture" in seen["Mixer"]["chart"]["traces"]
+
+
 def test_win_rates_against_sft_match_the_stored_verdicts(demo):
     """Each evaluated policy and mixture has a win rate vs SFT with an interval, equal to the mean outcome of the
     judge's stored verdicts, and per-objective scores equal to the scorers applied to the stored generations."""

@@ -73,9 +73,11 @@ def _label(run_id: str) -> str:
 
 st.header("Metrics")
 stepped = runs.loc[runs["steps"].notna(), "run_id"].tolist()
-# The default only seeds the first view; afterwards the selection (or a launch, via _follow) decides.
+trained = runs.loc[runs["steps"].notna() & runs["kind"].eq("train"), "run_id"].tolist()
+# The default (running jobs, else the newest training) only seeds the first view; afterwards the selection (or a
+# launch, via _follow) decides.
 chosen = st.multiselect("Runs", runs["run_id"].tolist(), format_func=_label, key="live_runs",
-                        default=None if "live_runs" in st.session_state else active_ids or stepped[:1])
+                        default=None if "live_runs" in st.session_state else active_ids or (trained or stepped)[:1])
 smoothing = st.slider("Smoothing", 0.0, 0.99, 0.0, 0.01, key="live_smoothing",
                       help="exponential moving average weight; 0 shows the raw values")
 live = any(r in active_ids for r in chosen)
