@@ -6,6 +6,7 @@ ConfigError naming the field. `engine.config` builds them from YAML/JSON.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -146,6 +147,10 @@ class MagneticPOParams:
     policy is judged against the previous round's and against the SFT model. Logs loss, grad_norm, magmpo/adv_mean,
     magmpo/adv_std, magmpo/kl_to_magnet, magmpo/kl_to_sft, magmpo/winrate_self, magmpo/pref_asymmetry,
     magmpo/response_length, and per round magmpo/round, magmpo/winrate_vs_magnet, magmpo/winrate_vs_sft, magmpo/gap.
+
+    `generation_backend` samples the self-play responses with transformers' `generate` or with vLLM (Kwon et al.,
+    SOSP 2023): one engine for the whole job, beside the policy, its weights replaced by the policy's (LoRA merged)
+    after every update, as TRL's GRPO colocate mode does. Same sampling either way; see engine/rollouts.py.
     """
 
     prompts: str = "demo/prompts_heldout.parquet"
@@ -155,6 +160,8 @@ class MagneticPOParams:
     group_size: int = 4  # G responses per prompt
     max_new_tokens: int = 48
     temperature: float = 1.0
+    # auto: vLLM when it is installed and training runs on CUDA, else transformers; vllm: always vLLM
+    generation_backend: Literal["auto", "transformers", "vllm"] = "auto"
 
     def validate(self, where: str) -> None:
         check_data_ref(f"{where}.prompts", self.prompts)
@@ -165,6 +172,18 @@ class MagneticPOParams:
             raise ConfigError(f"{where}.group_size: self-play needs at least 2 responses per prompt")
         positive(where, "max_new_tokens", self.max_new_tokens)
         positive(where, "temperature", self.temperature)
+        self.sampling_backend(cuda=False, where=where)  # asking for vllm without it fails here, at load time
+
+    def sampling_backend(self, cuda: bool, where: str = "magnetic_po") -> str:
+        """The backend that samples on this machine: "vllm" or "transformers" (ConfigError if vllm is asked and
+        missing). `find_spec` looks for vLLM without importing it, so checking a config stays light."""
+        installed = importlib.util.find_spec("vllm") is not None
+        if self.generation_backend == "vllm" and not installed:
+            raise ConfigError(f"{where}.generation_backend: vllm is not installed; `pip install -r "
+                              "requirements-gpu.txt` on a CUDA machine, or set it to auto or transformers")
+        if self.generation_backend == "auto":
+            return "vllm" if installed and cuda else "transformers"
+        return self.generation_backend
 
 
 METHOD_PARAMS: dict[str, type] = {

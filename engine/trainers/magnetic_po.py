@@ -27,7 +27,8 @@ demo's ~1M-parameter model TRL's per-step overhead dominates (stack notes: a pla
 here is short, single-process, seeded, and deterministic on CPU; `training.num_processes` must be 1.
 
 Config (engine/config.py): `MagneticPOParams` (prompts = held-out prompts for the per-round win rates, judge,
-alpha, rounds, group_size, max_new_tokens, temperature), `training.batch_size` = prompts per step,
+alpha, rounds, group_size, max_new_tokens, temperature, generation_backend: transformers or one vLLM engine kept for
+the job, engine/rollouts.py), `training.batch_size` = prompts per step,
 `training.epochs` = passes over a round's prompts (or `max_steps` in total), `learning_rate`, `warmup_ratio`, seed.
 
 Metrics, every step: loss, learning_rate, grad_norm, magmpo/adv_mean, magmpo/adv_std, magmpo/kl_to_magnet,
@@ -49,7 +50,6 @@ import os
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +63,8 @@ from engine.generation import SamplingParams
 from engine.judges import Judge, get_judge
 from engine.magnetic import (MirrorDescentTrace, empirical_gap, magnetic_mirror_descent, multiplicative_weights,
                              symmetrize_preferences)
-from engine.models import load_model, load_tokenizer, resolve_device
+from engine.models import load_model, load_tokenizer, resolve_device, resolve_dtype
+from engine.rollouts import Rollout, VLLMEngine, engine_checkpoint, sample, token_logps
 from engine.store import RunWriter
 from engine.train import TrainingDiverged
 
@@ -106,58 +107,9 @@ def k3_kl(policy_logps: torch.Tensor, magnet_logps: torch.Tensor, mask: torch.Te
 # ---------------------------------------------------------------------------------------------- sampling, scoring
 
 
-@dataclass
-class Rollout:
-    """Sampled responses: token ids [N, P + T] (left-padded prompts), masks, and decoded texts without EOS."""
-
-    input_ids: torch.Tensor
-    prompt_mask: torch.Tensor  # [N, P]
-    response_mask: torch.Tensor  # [N, T]: response tokens up to and including the first EOS
-    texts: list[str]
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.response_mask.sum(dim=-1)
-
-
 def derived_seed(seed: int, *parts: int) -> int:
     """An independent seed per (run seed, round, step, ...): a resumed run draws exactly what it would have."""
     return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
-
-
-@torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float, seed: int,
-           max_prompt_tokens: int) -> Rollout:
-    """Plain temperature sampling (no top-k), prompts left-padded and cut from the left to `max_prompt_tokens`."""
-    device = next(model.parameters()).device
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-    # with left padding, the last columns hold every prompt's end: slicing them keeps the most recent context
-    enc = {key: value[:, -max_prompt_tokens:].to(device) for key, value in enc.items()}
-    torch.manual_seed(seed)
-    out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-    response = out[:, enc["input_ids"].shape[1]:]
-    is_eos = (response == tokenizer.eos_token_id).long()
-    mask = ((is_eos.cumsum(dim=-1) - is_eos) == 0).long()  # nothing after the first EOS counts
-    texts = tokenizer.batch_decode(response.masked_fill(is_eos.bool() | (mask == 0), tokenizer.pad_token_id),
-                                   skip_special_tokens=True)
-    return Rollout(out, enc["attention_mask"], mask, texts)
-
-
-def token_logps(model, rollout: Rollout) -> torch.Tensor:
-    """Per-token log-probs [N, T] of the sampled response tokens (0 on masked positions), float32.
-
-    Position ids follow the attention mask, as `generate` sets them for left-padded prompts, so training scores
-    exactly the distribution that sampled. Only the last T + 1 positions' logits are computed.
-    """
-    n_response = rollout.response_mask.shape[1]
-    attention = torch.cat([rollout.prompt_mask, rollout.response_mask], dim=1)
-    positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
-    logits = model(input_ids=rollout.input_ids, attention_mask=attention, position_ids=positions,
-                   logits_to_keep=n_response + 1).logits[:, :-1].float()
-    targets = rollout.input_ids[:, -n_response:]
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return picked * rollout.response_mask
 
 
 def judge_groups(judge: Judge, prompts: list[str], texts: list[str], group: int) -> np.ndarray:
@@ -208,11 +160,18 @@ def log_game_trace(writer: RunWriter, payoff: ArrayLike, eta: float = 1.0, alpha
 
 
 class SelfPlay:
-    """Policy, magnet, SFT anchor, judge and optimiser of one run; `step` is one MagMPO update."""
+    """Policy, magnet, SFT anchor, judge and optimiser of one run; `step` is one MagMPO update.
+
+    With a vLLM `engine` the policy's samples come from it; its weights are pushed again before any sampling that
+    follows an optimiser step (as TRL's GRPO syncs whenever the global step changed): a step trains on samples of
+    the policy it updates, which the advantage-weighted log-likelihood and the k3 estimate both assume.
+    """
 
     def __init__(self, policy, tokenizer, judge: Judge, params: MagneticPOParams, *, learning_rate: float,
-                 total_steps: int, warmup_steps: int, max_prompt_tokens: int, autocast=nullcontext) -> None:
+                 total_steps: int, warmup_steps: int, max_prompt_tokens: int, autocast=nullcontext,
+                 engine: VLLMEngine | None = None) -> None:
         self.policy = policy.eval()  # eval mode: no dropout in the policy either (algorithms.md conventions)
+        self.engine, self.updates, self.synced_at = engine, 0, None  # optimiser steps taken, engine's copy of them
         self.magnet, self.sft = frozen_copy(policy), frozen_copy(policy)
         self.tokenizer, self.judge, self.params = tokenizer, judge, params
         self.max_prompt_tokens, self.autocast = max_prompt_tokens, autocast
@@ -231,10 +190,20 @@ class SelfPlay:
             return sample(model, self.tokenizer, prompts, self.params.max_new_tokens, temperature, seed,
                           self.max_prompt_tokens)
 
+    def rollout(self, prompts: list[str], n: int, temperature: float, seed: int) -> Rollout:
+        """`n` policy samples per prompt (rows prompt by prompt), through the engine when there is one."""
+        if self.engine is None:
+            return self.sample(self.policy, [p for p in prompts for _ in range(n)], temperature, seed)
+        if self.synced_at != self.updates:
+            self.engine.sync(self.policy)
+            self.synced_at = self.updates
+        return self.engine.sample(prompts, n, temperature, self.params.max_new_tokens, seed, self.max_prompt_tokens,
+                                  next(self.policy.parameters()).device)
+
     def step(self, prompts: list[str], seed: int) -> dict[str, float]:
         """Sample G responses per prompt, judge them pairwise, take one AdamW step; returns the step's metrics."""
         group, lr = self.params.group_size, self.scheduler.get_last_lr()[0]
-        rollout = self.sample(self.policy, [p for p in prompts for _ in range(group)], self.params.temperature, seed)
+        rollout = self.rollout(prompts, group, self.params.temperature, seed)
         q, adv, asymmetry = self_play_advantages(judge_groups(self.judge, prompts, rollout.texts, group))
         advantages = torch.as_tensor(adv.reshape(-1), dtype=torch.float32, device=rollout.input_ids.device)
         with torch.no_grad(), self.autocast():
@@ -246,6 +215,7 @@ class SelfPlay:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
         self.optimizer.step()
+        self.updates += 1
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         kl_sft = k3_kl(logps.detach(), sft_logps, rollout.response_mask)
@@ -262,7 +232,7 @@ class SelfPlay:
     def pool_gap(self, prompts: list[str], seed: int) -> tuple[float, np.ndarray]:
         """Mean empirical duality gap of G policy samples per prompt, and the first prompt's raw judge matrix."""
         group = self.params.group_size
-        rollout = self.sample(self.policy, [p for p in prompts for _ in range(group)], self.params.temperature, seed)
+        rollout = self.rollout(prompts, group, self.params.temperature, seed)
         raw = judge_groups(self.judge, prompts, rollout.texts, group)
         return float(np.mean([empirical_gap(m) for m in raw])), raw[0]
 
@@ -317,7 +287,7 @@ def _evaluate(writer: RunWriter, judge_name: str, judge: Judge, prompts: list[st
 def _heldout_texts(play: SelfPlay, prompts: list[str], seed: int) -> list[str]:
     texts: list[str] = []
     for start in range(0, len(prompts), GENERATION_BATCH):
-        texts += play.sample(play.policy, prompts[start:start + GENERATION_BATCH], EVAL_TEMPERATURE, seed + start).texts
+        texts += play.rollout(prompts[start:start + GENERATION_BATCH], 1, EVAL_TEMPERATURE, seed + start).texts
     return texts
 
 
@@ -349,23 +319,31 @@ def train_magnetic(cfg: RunConfig, writer: RunWriter, resume: bool = False) -> P
     if max_prompt_tokens < 1:
         raise ValueError(f"data.max_length ({cfg.data.max_length}) must exceed magnetic_po.max_new_tokens "
                          f"({params.max_new_tokens}); raise it or generate fewer tokens")
+    device = resolve_device(t.device)
+    on_cuda = device.type == "cuda"
+    backend = params.sampling_backend(cuda=on_cuda)  # before any model is loaded: a missing vLLM fails at once
     torch.manual_seed(t.seed)
     judge = get_judge(_resolve_judge(params.judge))
     train_prompts = load_prompts(resolve_source(cfg.data.train), limit=cfg.data.limit, seed=t.seed)["prompt"]
     heldout = list(load_prompts(resolve_source(params.prompts), seed=t.seed)["prompt"])
     chunks, steps_per_round = _round_schedule(cfg, len(train_prompts))
-    device = resolve_device(t.device)
-    on_cuda = device.type == "cuda"
-    tokenizer = load_tokenizer(resolve_source(cfg.model.tokenizer or cfg.model.path))
+    tokenizer_path = resolve_source(cfg.model.tokenizer or cfg.model.path)
+    tokenizer = load_tokenizer(tokenizer_path)
     lora = dataclasses.asdict(cfg.model.lora) if cfg.model.lora is not None else None
     # fp32 master weights for full fine-tuning on CUDA, bf16 autocast for the matmuls (stack notes)
     dtype = "float32" if on_cuda and lora is None else cfg.model.dtype
     policy = load_model(resolve_source(cfg.model.path), dtype=dtype, device=device, lora=lora,
                         trust_remote_code=cfg.model.trust_remote_code)
+    # one engine for the whole job (building one takes minutes on a GPU); the policy's weights replace its own
+    engine = None if backend == "transformers" else VLLMEngine(
+        engine_checkpoint(resolve_source(cfg.model.path)), tokenizer, tokenizer_path=tokenizer_path,
+        dtype=resolve_dtype(cfg.model.dtype, device), max_model_len=cfg.data.max_length, seed=t.seed,
+        trust_remote_code=cfg.model.trust_remote_code)
     total = params.rounds * steps_per_round
     play = SelfPlay(policy, tokenizer, judge, params, learning_rate=t.learning_rate, total_steps=total,
                     warmup_steps=max(1, math.ceil(t.warmup_ratio * total)), max_prompt_tokens=max_prompt_tokens,
-                    autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else nullcontext)
+                    autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else nullcontext,
+                    engine=engine)
     eval_seed, checkpoint = derived_seed(t.seed, 1), writer.dir / CHECKPOINT
     if resume:
         progress = _load_checkpoint(play, checkpoint)
@@ -377,7 +355,7 @@ def train_magnetic(cfg: RunConfig, writer: RunWriter, resume: bool = False) -> P
         gap, game = play.pool_gap(heldout[:GAP_PROMPTS], derived_seed(t.seed, 2, 0))
         writer.log_metrics(0, {"magmpo/gap": gap, "magmpo/round": 0})
         log_game_trace(writer, symmetrize_preferences(game))
-        print(f"round 0 (sft): gap {gap:.3f}", flush=True)
+        print(f"round 0 (sft): gap {gap:.3f}, sampling with {backend}", flush=True)
     for r in range(first_round, params.rounds + 1):
         started, step = time.perf_counter(), (r - 1) * steps_per_round
         for batch in _batches(chunks[r - 1], t.batch_size, steps_per_round, derived_seed(t.seed, 3, r)):
