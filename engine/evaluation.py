@@ -244,11 +244,38 @@ def _design(ia: np.ndarray, ib: np.ndarray, outcome: np.ndarray, n_models: int):
     return np.array(rows_x), np.array(rows_y), np.array(rows_g), np.array(rows_w)
 
 
-def _fit_strengths(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    keep = w > 0
-    model = LogisticRegression(C=_PRIOR_C, fit_intercept=False, tol=1e-8, max_iter=1000)
-    model.fit(x[keep], y[keep], sample_weight=w[keep])
-    return model.coef_[0]
+def _fit_strengths(x: np.ndarray, y: np.ndarray, w: np.ndarray, tol: float = 1e-9, max_steps: int = 100) -> np.ndarray:
+    """Maximum a posteriori strengths for many weightings of the same rows at once: row r of ``w`` weights the rows
+    of ``x``/``y`` for fit r. Minimises ``C * sum(w * logloss) + ||theta||^2 / 2`` (scikit-learn's regularised
+    logistic regression without intercept, the prior of _PRIOR_C) by Newton's method with step halving, batched
+    over the fits: the objective is strictly convex, so each fit has one optimum. One batched solve replaces a
+    bootstrap's hundreds of separate fits (0.55 s to a few ms for 200 resamples)."""
+    n_fits, n_models = w.shape[0], x.shape[1]
+    theta = np.zeros((n_fits, n_models))
+
+    def objective(t: np.ndarray) -> np.ndarray:
+        z = t @ x.T
+        return _PRIOR_C * np.sum(w * (np.logaddexp(0.0, z) - y * z), axis=1) + 0.5 * np.sum(t * t, axis=1)
+
+    value = objective(theta)
+    for _ in range(max_steps):
+        p = 1.0 / (1.0 + np.exp(-(theta @ x.T)))
+        grad = _PRIOR_C * (w * (p - y)) @ x + theta
+        if np.abs(grad).max() < tol:
+            return theta
+        hessian = _PRIOR_C * np.einsum("fr,ri,rj->fij", w * p * (1.0 - p), x, x) + np.eye(n_models)
+        step = np.linalg.solve(hessian, grad[..., None])[..., 0]
+        scale = np.ones(n_fits)
+        for _ in range(40):  # halve each fit's step until its objective does not rise
+            candidate = theta - scale[:, None] * step
+            new_value = objective(candidate)
+            rose = new_value > value + 1e-12 * np.abs(value)
+            if not rose.any():
+                break
+            scale = np.where(rose, scale / 2, scale)
+        theta, value = candidate, new_value
+    raise RuntimeError(f"Bradley-Terry fit did not converge in {max_steps} Newton steps (gradient "
+                       f"{np.abs(grad).max():.2e})")
 
 
 def _to_elo(strengths: np.ndarray, present: np.ndarray, anchor_idx: int | None, base_rating: float) -> np.ndarray:
@@ -301,20 +328,18 @@ def bradley_terry(
     groups, group_count = np.unique(np.stack([ia, ib, outcome], axis=1), axis=0, return_counts=True)
     x, y, row_group, row_weight = _design(groups[:, 0], groups[:, 1], groups[:, 2], n_models)
 
-    def ratings(counts: np.ndarray) -> np.ndarray:
-        present = np.zeros(n_models, dtype=bool)
-        present[groups[counts > 0, 0]] = True
-        present[groups[counts > 0, 1]] = True
-        strengths = _fit_strengths(x, y, counts[row_group] * row_weight)
-        return _to_elo(strengths, present, anchor_idx, base_rating)
-
     rng = np.random.default_rng(seed)
     n_battles = len(ia)
     draws = rng.multinomial(n_battles, group_count / n_battles, size=int(n_resamples)).astype(np.float64)
-    # Each fit is a few dozen rows: BLAS threads only add hand-off cost (10x slower on a busy machine).
-    with threadpool_limits(limits=1, user_api="blas"):
-        point = ratings(group_count.astype(np.float64))
-        boot = np.stack([ratings(c) for c in draws])
+    counts = np.vstack([group_count.astype(np.float64), draws])  # the point estimate, then every resample
+    strengths = _fit_strengths(x, y, counts[:, row_group] * row_weight)
+    ratings = []
+    for fit_counts, fit_strengths in zip(counts, strengths):
+        present = np.zeros(n_models, dtype=bool)
+        present[groups[fit_counts > 0, 0]] = True
+        present[groups[fit_counts > 0, 1]] = True
+        ratings.append(_to_elo(fit_strengths, present, anchor_idx, base_rating))
+    point, boot = ratings[0], np.stack(ratings[1:])
     low, high = _percentiles(boot, confidence)
     table = pd.DataFrame({"model": list(names), "rating": point, "low": low, "high": high})
     return table.sort_values("rating", ascending=False, ignore_index=True)

@@ -289,3 +289,24 @@ def test_implicit_reward_margins_hand_values():
         implicit_reward_margins([1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [1.0], beta=0.1)
     with pytest.raises(ValueError, match="beta"):
         implicit_reward_margins([1.0], [1.0], [1.0], [1.0], beta=0.0)
+
+
+def test_batched_strength_fit_equals_scikit_learn_per_resample():
+    """The bootstrap's one batched Newton solve gives, for every weighting, scikit-learn's own regularised fit."""
+    from sklearn.linear_model import LogisticRegression
+
+    from engine.evaluation import _PRIOR_C, _design, _fit_strengths
+
+    rng = np.random.default_rng(3)
+    n_models, n_groups = 6, 25
+    ia = rng.integers(0, n_models, n_groups)
+    ib = (ia + rng.integers(1, n_models, n_groups)) % n_models
+    x, y, group, share = _design(ia, ib, rng.integers(0, 3, n_groups), n_models)
+    counts = rng.integers(0, 40, size=(8, n_groups)).astype(float)
+    counts[0, :3] = 0.0  # a resample that drew none of some groups
+    ours = _fit_strengths(x, y, counts[:, group] * share)
+    for fit, row in zip(ours, counts):
+        w = row[group] * share
+        reference = LogisticRegression(C=_PRIOR_C, fit_intercept=False, tol=1e-12, max_iter=10_000)
+        reference.fit(x[w > 0], y[w > 0], sample_weight=w[w > 0])
+        np.testing.assert_allclose(fit, reference.coef_[0], atol=1e-4)
