@@ -17,13 +17,15 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 
-def _base(folder: Path):
-    """The demo SFT model and tokenizer if present, else a random model of the same shape saved in ``folder``."""
+def base_model(folder: Path) -> tuple[str, object, str]:
+    """The demo SFT model and tokenizer if present, else a random model of the same shape saved in ``folder``;
+    returns (model path, tokenizer, a phrase saying which)."""
     from engine.data.demo import generate_corpus
     from engine.models import LMSpec, load_tokenizer, tiny_llama, train_tokenizer
     from engine.paths import models_dir
@@ -37,7 +39,8 @@ def _base(folder: Path):
     return str(folder / "base"), tokenizer, "random model of the demo's shape"
 
 
-def _adapters(base: str, folder: Path, k: int) -> dict[str, str]:
+def make_adapters(base: str, folder: Path, k: int) -> dict[str, str]:
+    """K random LoRA adapters (r=16 on q_proj and v_proj, nonzero B so each changes the model) on ``base``."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -53,20 +56,51 @@ def _adapters(base: str, folder: Path, k: int) -> dict[str, str]:
     return paths
 
 
-def decoding_speed(batch: int, new_tokens: int, repeats: int, ks: tuple[int, ...] = (2, 3)) -> dict[str, float]:
-    """Generated tokens per second for each configuration (median over interleaved repeats)."""
+def time_runs(setups: dict[str, Callable[[], object]], repeats: int, warmup: bool = False) -> dict[str, dict]:
+    """Generated tokens per wall second and per CPU second of this process for each setup (each returns an object
+    with ``num_tokens``), medians over ``repeats`` interleaved rounds. ``warmup``: one untimed first call per setup
+    (compilation, CUDA start-up), whose seconds are reported as ``first_s``."""
     import torch
 
+    first = {}
+    if warmup:
+        for name, run in setups.items():
+            start = time.perf_counter()
+            with torch.no_grad():
+                run()
+            first[name] = time.perf_counter() - start
+    wall: dict[str, list[float]] = {name: [] for name in setups}
+    cpu: dict[str, list[float]] = {name: [] for name in setups}
+    tokens: dict[str, int] = {}
+    for _ in range(repeats):
+        for name, run in setups.items():
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            with torch.no_grad():
+                out = run()
+            wall[name].append(time.perf_counter() - start_wall)
+            cpu[name].append(time.process_time() - start_cpu)
+            tokens[name] = sum(out.num_tokens)
+    return {name: {"wall": tokens[name] / statistics.median(wall[name]),
+                   "cpu": tokens[name] / statistics.median(cpu[name]), "first_s": first.get(name, float("nan"))}
+            for name in setups}
+
+
+def decoding_speed(batch: int, new_tokens: int, repeats: int, ks: tuple[int, ...] = (2, 3),
+                   base: tuple[str, object, str] | None = None, device: str = "cpu", dtype: str = "auto",
+                   warmup: bool = False) -> dict[str, dict | str]:
+    """Generated tokens per second for each configuration (median over interleaved repeats, see `time_runs`);
+    ``base`` is a (path, tokenizer, description) triple, by default `base_model`'s."""
     from engine.generation import SamplingParams, generate_transformers
     from engine.mixed_decoding import REFERENCE, load_policies, sample
 
     with tempfile.TemporaryDirectory() as tmp:
-        base, tokenizer, source = _base(Path(tmp))
-        adapters = _adapters(base, Path(tmp), max(ks))
+        base_path, tokenizer, source = base or base_model(Path(tmp))
+        adapters = make_adapters(base_path, Path(tmp), max(ks))
         prompts = [f"The movie number {i} was" for i in range(batch)]
         params = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, seed=0)
         setups = {}
-        single = load_policies(base, {"expert0": adapters["expert0"]}, tokenizer, backend="separate", device="cpu")
+        single = load_policies(base_path, {"expert0": adapters["expert0"]}, tokenizer, backend="separate",
+                               device=device, dtype=dtype)
         setups["one policy (mixture loop)"] = lambda: sample(single, [REFERENCE], [1.0], prompts, params, batch)
         setups["one policy (generate)"] = lambda: generate_transformers(single.models[REFERENCE], tokenizer, prompts,
                                                                          params, batch)
@@ -75,22 +109,10 @@ def decoding_speed(batch: int, new_tokens: int, repeats: int, ks: tuple[int, ...
             chosen = {n: adapters[n] for n in names}
             weights = [1.0 / k] * k
             for backend in ("separate", "lora_batch"):
-                policies = load_policies(base, chosen, tokenizer, backend=backend, device="cpu")
+                policies = load_policies(base_path, chosen, tokenizer, backend=backend, device=device, dtype=dtype)
                 setups[f"K={k} {backend}"] = (lambda p=policies, n=names, w=weights: sample(p, n, w, prompts, params,
                                                                                             batch))
-        wall: dict[str, list[float]] = {name: [] for name in setups}
-        cpu: dict[str, list[float]] = {name: [] for name in setups}
-        tokens: dict[str, int] = {}
-        for _ in range(repeats):
-            for name, run in setups.items():
-                start_wall, start_cpu = time.perf_counter(), time.process_time()
-                with torch.no_grad():
-                    out = run()
-                wall[name].append(time.perf_counter() - start_wall)
-                cpu[name].append(time.process_time() - start_cpu)
-                tokens[name] = sum(out.num_tokens)
-    return {"source": source, **{name: {"wall": tokens[name] / statistics.median(wall[name]),
-                                        "cpu": tokens[name] / statistics.median(cpu[name])} for name in setups}}
+        return {"source": source, **time_runs(setups, repeats, warmup)}
 
 
 def estimate_latency(n_prompts: int = 250, m: int = 40, k: int = 3, calls: int = 50) -> dict[str, float]:

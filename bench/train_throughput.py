@@ -12,7 +12,9 @@ and response tokens of chosen and rejected sequences) and ratios:
   * MRPO with K = 2 and 3 references against K = 1 (which is DPO against the single reference; target >= 0.9x).
 
 Defaults use the demo's tiny SFT model on CPU (run `python -m engine demo prepare` first); on a GPU machine pass a
-larger model folder.
+larger model folder. Each entry also reports its steady step throughput (tokens/s over the training steps after
+`--warmup` steps, synchronised on CUDA: no model loading, precompute pass or first-step autotuning), which
+bench/gpu.py turns into MFU; `run_in_subprocess` is the piece it reuses.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
@@ -40,9 +43,63 @@ ENTRIES = {
 }
 
 
-def run_entry(entry: str, model: str, refs: list[str], pairs: str, n_pairs: int, epochs: float, batch: int,
-              out: str) -> dict:
-    """Train one entry in this process and return tokens, seconds and peak memory."""
+@dataclass(frozen=True)
+class Setup:
+    """What every entry of one comparison shares: models, data and the training shape.
+
+    dtype: weights as loaded for every entry ("auto": bf16 on CUDA, fp32 on CPU), compute follows the trainer's
+    bf16 autocast on CUDA; max_length: prompt + response tokens kept per sequence; warmup: steps left out of the
+    steady step throughput.
+    """
+
+    model: str
+    refs: tuple[str, str]
+    pairs: str
+    n_pairs: int = 256
+    epochs: float = 2.0
+    batch: int = 16
+    max_length: int = 128
+    dtype: str = "auto"
+    warmup: int = 2
+
+    def argv(self) -> list[str]:
+        return ["--model", self.model, "--refs", ",".join(self.refs), "--pairs", self.pairs, "--n-pairs",
+                str(self.n_pairs), "--epochs", str(self.epochs), "--batch", str(self.batch), "--max-length",
+                str(self.max_length), "--dtype", self.dtype, "--warmup", str(self.warmup)]
+
+
+def _step_clock(warmup: int):
+    """A callback recording (time, tokens seen) after every optimizer step, synchronised with the GPU."""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.marks: list[tuple[float, int]] = []  # [0]: training begins; [i]: step i ends
+
+        def _mark(self, state) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._mark(state)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._mark(state)
+
+        def tokens_per_s(self) -> float:
+            """Tokens/s from the end of step `warmup` to the end of the last step (nan if there is no such span)."""
+            if len(self.marks) < warmup + 2:
+                return float("nan")
+            (t0, n0), (t1, n1) = self.marks[warmup], self.marks[-1]
+            return (n1 - n0) / (t1 - t0)
+
+    return StepClock()
+
+
+def run_entry(entry: str, setup: Setup, out: str) -> dict:
+    """Train one entry in this process and return tokens, seconds, steady step tokens/s and peak memory."""
     import torch
     from trl import DPOTrainer
 
@@ -53,26 +110,31 @@ def run_entry(entry: str, model: str, refs: list[str], pairs: str, n_pairs: int,
     from engine.train import training_arguments
     from engine.trainers import TRAINERS
 
+    model = setup.model
     method = {"trl_stock": "dpo", "trl_precompute": "dpo", "mrpo_k1": "dpo"}.get(entry, entry.split("_k")[0])
     k = int(entry[-1]) if entry.startswith("mrpo_k") else 1
-    sections = {"mrpo": {"references": [model, *refs[:k - 1]]}} if method == "mrpo" else {}
-    cfg = config_from_dict({"method": method, "model": {"path": model},
-                            "data": {"train": pairs, "eval": None, "limit": n_pairs, "max_length": 128},
-                            "training": {"batch_size": batch, "epochs": epochs, "learning_rate": 1e-4}, **sections})
+    sections = {"mrpo": {"references": [model, *setup.refs[:k - 1]]}} if method == "mrpo" else {}
+    cfg = config_from_dict({"method": method, "model": {"path": model, "dtype": setup.dtype},
+                            "data": {"train": setup.pairs, "eval": None, "limit": setup.n_pairs,
+                                     "max_length": setup.max_length},
+                            "training": {"batch_size": setup.batch, "epochs": setup.epochs, "learning_rate": 1e-4},
+                            **sections})
     tokenizer = load_tokenizer(model)
-    data, _ = truncate_pairs(load_preferences(pairs, limit=n_pairs), tokenizer, cfg.data.max_length)
+    data, _ = truncate_pairs(load_preferences(setup.pairs, limit=setup.n_pairs), tokenizer, cfg.data.max_length)
     args = training_arguments(cfg, Path(out), has_eval=False)
     args.logging_steps = 10**6  # logging costs the same everywhere; keep it out of the measurement
     args.disable_tqdm = True
+    clock = _step_clock(setup.warmup)
     start = time.perf_counter()
+    policy = load_model(model, dtype=setup.dtype)
     if entry.startswith("trl"):
         args.precompute_ref_log_probs = entry == "trl_precompute"
-        ref = None if args.precompute_ref_log_probs else load_model(model)
-        trainer = DPOTrainer(model=load_model(model), ref_model=ref, args=args, train_dataset=data,
-                             processing_class=tokenizer)
+        ref = None if args.precompute_ref_log_probs else load_model(model, dtype=setup.dtype)
+        trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer,
+                             callbacks=[clock])
     else:
-        trainer = TRAINERS[method](model=load_model(model), args=args, train_dataset=data, processing_class=tokenizer,
-                                   method_params=cfg.params)
+        trainer = TRAINERS[method](model=policy, args=args, train_dataset=data, processing_class=tokenizer,
+                                   method_params=cfg.params, callbacks=[clock])
     trainer.train()
     seconds = time.perf_counter() - start
     tokens = trainer._total_train_tokens
@@ -80,11 +142,26 @@ def run_entry(entry: str, model: str, refs: list[str], pairs: str, n_pairs: int,
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"entry": entry, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_mib": peak}
+    return {"entry": entry, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "step_tokens_per_s": clock.tokens_per_s(), "steps": len(clock.marks) - 1, "params": policy.num_parameters(),
+            "peak_mib": peak}
+
+
+def run_in_subprocess(entry: str, setup: Setup) -> dict:
+    """run_entry in a fresh Python process (its peak memory is its own); raises RuntimeError with its stderr."""
+    from engine.paths import REPO_ROOT
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", entry, *setup.argv()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"{entry}: failed\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.paths import REPO_ROOT, demo_dir, models_dir
+    from engine.paths import demo_dir, models_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(models_dir() / "sft"))
@@ -94,29 +171,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-pairs", type=int, default=256)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128, help="prompt + response tokens kept per sequence")
+    parser.add_argument("--dtype", default="auto", help="weights dtype of every entry (auto: bf16 on CUDA)")
+    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the steady step throughput")
     parser.add_argument("--entries", default=",".join(ENTRIES))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one entry and print JSON
     args = parser.parse_args(argv)
     refs = args.refs.split(",")
-    refs = (refs * 2)[:2]
+    setup = Setup(args.model, tuple((refs * 2)[:2]), args.pairs, args.n_pairs, args.epochs, args.batch,
+                  args.max_length, args.dtype, args.warmup)
     if args.one:
         with tempfile.TemporaryDirectory() as out:
-            result = run_entry(args.one, args.model, refs, args.pairs, args.n_pairs, args.epochs, args.batch, out)
+            result = run_entry(args.one, setup, out)
         print("RESULT " + json.dumps(result))
         return 0
     results = {}
     for entry in args.entries.split(","):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", entry, "--model", args.model, "--refs",
-               ",".join(refs), "--pairs", args.pairs, "--n-pairs", str(args.n_pairs), "--epochs", str(args.epochs),
-               "--batch", str(args.batch)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,
-                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{entry}: failed\n{proc.stderr[-3000:]}")
+        try:
+            results[entry] = r = run_in_subprocess(entry, setup)
+        except RuntimeError as err:
+            print(err)
             return 1
-        results[entry] = json.loads(line[len("RESULT "):])
-        r = results[entry]
         print(f"{ENTRIES[entry]:48} {r['tokens_per_s']:9.0f} tokens/s  {r['seconds']:7.1f} s  "
               f"peak {r['peak_mib']:7.0f} MiB", flush=True)
     speed = {k: v["tokens_per_s"] for k, v in results.items()}

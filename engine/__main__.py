@@ -191,7 +191,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 BENCHMARKS = {"store": "bench.store", "mixing": "bench.mixing", "train": "bench.train_throughput",
-              "dashboard": "bench.dashboard"}
+              "dashboard": "bench.dashboard", "gpu": "bench.gpu"}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
