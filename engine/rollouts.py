@@ -45,10 +45,18 @@ class Rollout:
         return self.response_mask.sum(dim=-1)
 
 
-def _finish(input_ids: torch.Tensor, prompt_mask: torch.Tensor, tokenizer) -> Rollout:
+def end_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every token that ends a response: the tokenizer's EOS and the model's generation-config EOS ids, which may be
+    several (Qwen2.5-Instruct stops on <|im_end|> and on <|endoftext|>, its pad token too)."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    return sorted({tokenizer.eos_token_id, *configured} - {None})
+
+
+def _finish(input_ids: torch.Tensor, prompt_mask: torch.Tensor, tokenizer, end_ids: list[int]) -> Rollout:
     """Response mask and texts of `input_ids` = [left-padded prompts | responses padded after their end]."""
     response = input_ids[:, prompt_mask.shape[1]:]
-    is_eos = (response == tokenizer.eos_token_id).long()
+    is_eos = torch.isin(response, torch.tensor(end_ids, device=response.device)).long()
     mask = ((is_eos.cumsum(dim=-1) - is_eos) == 0).long()  # nothing after the first EOS counts
     texts = tokenizer.batch_decode(response.masked_fill(is_eos.bool() | (mask == 0), tokenizer.pad_token_id),
                                    skip_special_tokens=True)
@@ -66,13 +74,14 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperatur
     torch.manual_seed(seed)
     out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                          max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-    return _finish(out, enc["attention_mask"], tokenizer)
+    return _finish(out, enc["attention_mask"], tokenizer, end_token_ids(tokenizer, model.generation_config))
 
 
 def rollout_from_token_ids(prompt_ids: list[list[int]], responses: list[list[int]], tokenizer,
-                           device: torch.device | str = "cpu") -> Rollout:
+                           device: torch.device | str = "cpu", end_ids: list[int] | None = None) -> Rollout:
     """The Rollout `sample` would have built for these prompts and responses: prompts left-padded, responses padded
-    on the right with the pad token (after their EOS, where the mask ends anyway)."""
+    on the right with the pad token (after their end token, where the mask ends anyway). ``end_ids``: the tokens
+    that end a response (default: the tokenizer's EOS)."""
     if len(prompt_ids) != len(responses) or not responses:
         raise ValueError(f"responses: need one response per prompt row (got {len(responses)} for "
                          f"{len(prompt_ids)} prompts)")
@@ -82,7 +91,7 @@ def rollout_from_token_ids(prompt_ids: list[list[int]], responses: list[list[int
     for row, (prompt, response) in enumerate(zip(prompt_ids, responses)):
         ids[row, width - len(prompt):width + len(response)] = torch.tensor([*prompt, *response], dtype=torch.long)
         prompt_mask[row, width - len(prompt):] = 1
-    return _finish(ids.to(device), prompt_mask.to(device), tokenizer)
+    return _finish(ids.to(device), prompt_mask.to(device), tokenizer, end_ids or end_token_ids(tokenizer))
 
 
 def token_logps(model, rollout: Rollout) -> torch.Tensor:
@@ -149,6 +158,7 @@ class VLLMEngine:
                 probe.bind(("localhost", 0))
                 os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
         self.tokenizer, self._sampling = tokenizer, vllm.SamplingParams
+        self.end_ids = end_token_ids(tokenizer)  # `sync` adds the policy's generation-config end tokens
         self.llm = vllm.LLM(model=model_path, tokenizer=tokenizer_path, dtype=dtype, seed=seed,
                             max_model_len=max_model_len, gpu_memory_utilization=GPU_MEMORY_UTILIZATION,
                             distributed_executor_backend="external_launcher", max_num_batched_tokens=4096,
@@ -157,6 +167,7 @@ class VLLMEngine:
     @torch.no_grad()
     def sync(self, model: torch.nn.Module) -> None:
         """Write the (LoRA-merged) weights of `model` into the engine, one tensor at a time as TRL does."""
+        self.end_ids = end_token_ids(self.tokenizer, model.generation_config)
         target = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
         for name, tensor in merged_weights(model):
             target.load_weights([(name, tensor)])
@@ -176,4 +187,4 @@ class VLLMEngine:
                                     use_tqdm=False)
         responses = [list(completion.token_ids) for output in outputs for completion in output.outputs]
         return rollout_from_token_ids([ids for ids in prompt_ids for _ in range(n)], responses, self.tokenizer,
-                                      device)
+                                      device, self.end_ids)

@@ -276,3 +276,19 @@ def test_auto_on_cpu_samples_with_transformers_even_with_vllm_installed(world, f
     assert fake_vllm.engines == [] and fake_vllm.calls == []
     assert "sampling with transformers" in capsys.readouterr().out
     assert set(STEP_METRICS) <= set(pd.read_json(writer.dir / "metrics.jsonl", lines=True).name)
+
+
+def test_a_response_ends_at_any_of_the_models_end_tokens():
+    """Qwen2.5-Instruct-like: the generation config stops on two ids; the mask ends at whichever comes first."""
+    from types import SimpleNamespace
+
+    from engine.rollouts import end_token_ids, rollout_from_token_ids
+
+    tokenizer = SimpleNamespace(eos_token_id=9, pad_token_id=8,
+                                batch_decode=lambda rows, skip_special_tokens: [" ".join(map(str, r)) for r in
+                                                                                rows.tolist()])
+    ends = end_token_ids(tokenizer, SimpleNamespace(eos_token_id=[7, 9]))
+    assert ends == [7, 9]
+    rollout = rollout_from_token_ids([[1, 2]], [[3, 7, 4, 9]], tokenizer, end_ids=ends)
+    assert rollout.response_mask.tolist() == [[1, 1, 0, 0]]
+    assert end_token_ids(tokenizer, SimpleNamespace(eos_token_id=None)) == [9]
