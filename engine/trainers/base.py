@@ -26,7 +26,7 @@ from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
 
-from engine.trainers.reference import score_responses
+from engine.trainers.reference import score_pairs
 
 PRIMARY_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 ENTROPY_COLUMNS = ("ref_chosen_entropy", "ref_rejected_entropy")
@@ -74,13 +74,12 @@ class PreferenceTrainer(DPOTrainer, metaclass=ABCMeta):
         adapter = contextlib.nullcontext
         if hasattr(self.model, "peft_config"):
             adapter = partial(use_adapter, self.accelerator.unwrap_model(self.model), None)
-        score = partial(score_responses, self.model, dataset["prompt_ids"], pad_id=self.pad_token_id,
-                        max_length=self.args.max_length, batch_size=batch_size, want_entropy=self.needs_entropy,
-                        adapter_context=adapter)
         was_training = self.model.training
         self.model.eval()
-        chosen_logps, chosen_entropy = score(dataset["chosen_ids"], desc=f"reference: {name} chosen")
-        rejected_logps, rejected_entropy = score(dataset["rejected_ids"], desc=f"reference: {name} rejected")
+        chosen_logps, rejected_logps, chosen_entropy, rejected_entropy = score_pairs(
+            self.model, dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], pad_id=self.pad_token_id,
+            max_length=self.args.max_length, batch_size=batch_size, want_entropy=self.needs_entropy,
+            adapter_context=adapter, desc=f"reference: {name} pairs")
         self.model.train(was_training)
         dataset = dataset.add_column("ref_chosen_logps", chosen_logps.tolist())
         dataset = dataset.add_column("ref_rejected_logps", rejected_logps.tolist())

@@ -21,7 +21,7 @@ from engine.config import resolve_source
 from engine.losses import mrpo_loss, reward_stats
 from engine.models import load_model, load_tokenizer
 from engine.trainers.base import PreferenceTrainer
-from engine.trainers.reference import prepare_scorer, same_tokenization, score_responses, tokenize_pairs
+from engine.trainers.reference import prepare_scorer, same_tokenization, score_pairs, tokenize_pairs
 
 
 class MRPOTrainer(PreferenceTrainer):
@@ -50,8 +50,7 @@ class MRPOTrainer(PreferenceTrainer):
             _, rejected = tokenize_pairs(tokenizer, dataset["prompt"], texts["rejected"])
             max_length = None  # the text already fits the policy's limit; another cut here would score less text
         score = dict(pad_id=tokenizer.pad_token_id, max_length=max_length, batch_size=batch_size)
-        logps_w, _ = score_responses(model, prompts, chosen, desc=f"{path}: {name} chosen", **score)
-        logps_l, _ = score_responses(model, prompts, rejected, desc=f"{path}: {name} rejected", **score)
+        logps_w, logps_l, _, _ = score_pairs(model, prompts, chosen, rejected, desc=f"{path}: {name} pairs", **score)
         del model
         gc.collect()
         if torch.cuda.is_available():

@@ -43,27 +43,40 @@ def score_responses(model: torch.nn.Module, prompt_ids: Sequence[list[int]], res
         raise ValueError(f"response_ids: {len(response_ids)} responses for {len(prompt_ids)} prompts")
     device = next(model.parameters()).device
     vocab = model.get_output_embeddings().weight.shape[0]
-    logps, entropies = [], []
-    for start in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, leave=False):
-        ids, labels = [], []
-        for p, r in zip(prompt_ids[start:start + batch_size], response_ids[start:start + batch_size]):
-            seq, lab = list(p) + list(r), [-100] * len(p) + list(r)
-            if max_length is not None:
-                seq, lab = seq[:max_length], lab[:max_length]
-            ids.append(seq)
-            labels.append(lab)
-        width = max(len(s) for s in ids)
-        input_ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in ids], device=device)
-        label_ids = torch.tensor([s + [-100] * (width - len(s)) for s in labels], device=device)
-        attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids], device=device)
+    sequences = []
+    for p, r in zip(prompt_ids, response_ids):
+        seq, lab = list(p) + list(r), [-100] * len(p) + list(r)
+        sequences.append((seq[:max_length], lab[:max_length]) if max_length is not None else (seq, lab))
+    # Batches of similar lengths waste little compute on padding; results go back to the input order.
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
+    logps, entropies = torch.zeros(len(sequences)), torch.zeros(len(sequences))
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        rows = order[start:start + batch_size]
+        width = max(len(sequences[i][0]) for i in rows)
+        input_ids = torch.tensor([sequences[i][0] + [pad_id] * (width - len(sequences[i][0])) for i in rows],
+                                 device=device)
+        label_ids = torch.tensor([sequences[i][1] + [-100] * (width - len(sequences[i][1])) for i in rows],
+                                 device=device)
+        attention = (torch.arange(width, device=device)[None, :] <
+                     torch.tensor([len(sequences[i][0]) for i in rows], device=device)[:, None]).long()
         with adapter_context():
             out = model(input_ids=input_ids, attention_mask=attention, labels=label_ids, fused_lm_head=True)
         mask = (label_ids[:, 1:] != -100).float()
-        logps.append(out.log_probs.float().mul(mask).sum(1).cpu())
+        logps[rows] = out.log_probs.float().mul(mask).sum(1).cpu()
         if want_entropy:
             mean_entropy = out.entropy.float().mul(mask).sum(1) / mask.sum(1).clamp(min=1)
-            entropies.append((mean_entropy / math.log(vocab)).cpu())
-    return torch.cat(logps), (torch.cat(entropies) if want_entropy else None)
+            entropies[rows] = (mean_entropy / math.log(vocab)).cpu()
+    return logps, (entropies if want_entropy else None)
+
+
+def score_pairs(model: torch.nn.Module, prompt_ids: Sequence[list[int]], chosen_ids: Sequence[list[int]],
+                rejected_ids: Sequence[list[int]], **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                                 torch.Tensor | None]:
+    """score_responses of the chosen and the rejected responses in one pass (one length-sorted pool of 2N sequences
+    packs tighter than two): chosen log-probs, rejected log-probs, and their entropies (None without want_entropy)."""
+    n = len(chosen_ids)
+    logps, entropy = score_responses(model, [*prompt_ids, *prompt_ids], [*chosen_ids, *rejected_ids], **kwargs)
+    return logps[:n], logps[n:], *((entropy[:n], entropy[n:]) if entropy is not None else (None, None))
 
 
 def same_tokenization(tokenizer_a, tokenizer_b) -> bool:
