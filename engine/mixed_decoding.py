@@ -153,9 +153,10 @@ class LoraPolicies(PolicySet):
             raise ValueError(f"adapters: batched decoding supports plain LoRA on linear layers (found {odd}); "
                              "use backend 'separate', which merges each adapter into its own copy")
 
-    def _stacks(self, names: list[str]) -> list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per adapted layer: A^T [P, in, r], B^T [P, r, out] and scales [P] of the named policies (zeros for the
-        reference and for adapters that do not adapt this layer; ranks zero-padded to the largest)."""
+    def _stacks(self, names: list[str]) -> list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]:
+        """Per adapted layer: A^T [P, in, r] and s B^T [P, r, out] (B scaled by the adapter's scaling s) of the
+        named policies (zeros for the reference and for adapters that do not adapt this layer; ranks zero-padded to
+        the largest)."""
         out = []
         for layer in self._layers:
             rank = max(layer.r.get(n, 0) for n in names)
@@ -170,15 +171,15 @@ class LoraPolicies(PolicySet):
                     a[i, :, :r], b[i, :r], scale[i] = layer.lora_A[n].weight.T, layer.lora_B[n].weight.T, \
                         layer.scaling[n]
             weight = layer.base_layer.weight
-            out.append((layer, a.to(weight), b.to(weight), scale.to(weight)[:, None, None]))
+            out.append((layer, a.to(weight), (b * scale[:, None, None]).to(weight)))  # scale folded into B
         return out
 
     @contextlib.contextmanager
     def open(self, names, input_ids, mask):
         names = self.check(names)
         a, b = len(names), input_ids.shape[0]
-        handles = [layer.register_forward_hook(partial(_add_grouped_lora, a_t, b_t, scale))
-                   for layer, a_t, b_t, scale in self._stacks(names)]
+        handles = [layer.register_forward_hook(partial(_add_grouped_lora, a_t, b_t))
+                   for layer, a_t, b_t in self._stacks(names)]
         try:
             with self.model.disable_adapter():
                 cache = DynamicCache(config=self.model.config)
@@ -209,12 +210,13 @@ class LoraPolicies(PolicySet):
         return self.model, use
 
 
-def _add_grouped_lora(a_t: torch.Tensor, b_t: torch.Tensor, scale: torch.Tensor, module: torch.nn.Module,
-                      args: tuple, output: torch.Tensor) -> torch.Tensor:
+def _add_grouped_lora(a_t: torch.Tensor, b_t: torch.Tensor, module: torch.nn.Module, args: tuple,
+                      output: torch.Tensor) -> torch.Tensor:
     """Forward hook: the base layer's output plus each policy block's LoRA update (rows blocked by policy)."""
     x = args[0]
     blocks = x.reshape(a_t.shape[0], -1, x.shape[-1]).to(a_t.dtype)
-    return output + (torch.bmm(torch.bmm(blocks, a_t), b_t) * scale).view_as(output).to(output.dtype)
+    # in place: the base output is a fresh tensor, and decoding runs without autograd
+    return output.add_(torch.bmm(torch.bmm(blocks, a_t), b_t).view_as(output).to(output.dtype))
 
 
 def load_policies(reference: str, policies: dict[str, str], tokenizer, backend: str = "auto",
