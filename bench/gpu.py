@@ -62,7 +62,7 @@ class Shape:
 
 
 GPU_SHAPE = Shape(prompt=256, response=256, batch=8, steps=24, warmup=4, gen_batch=64, new_tokens=128, repeats=3)
-CPU_SHAPE = Shape(prompt=32, response=32, batch=8, steps=8, warmup=2, gen_batch=32, new_tokens=32, repeats=2)
+CPU_SHAPE = Shape(prompt=32, response=32, batch=8, steps=16, warmup=2, gen_batch=32, new_tokens=32, repeats=3)
 
 
 def peak_bf16_flops(gpu_name: str) -> float | None:
@@ -147,13 +147,13 @@ def long_pairs(tokenizer, n: int, prompt_tokens: int, response_tokens: int, path
 
 
 def train_rows(size: str, policy: str, refs: tuple[str, str], tokenizer, shape: Shape, folder: Path,
-               peak: float | None) -> list[dict]:
+               peak: float | None, threads: int | None) -> list[dict]:
     """bench/train_throughput.py's entries, each in a fresh process, as table rows with ratios and MFU."""
     from bench.train_throughput import ENTRIES, Setup, run_in_subprocess
 
     pairs = long_pairs(tokenizer, shape.batch * shape.steps, shape.prompt, shape.response, folder / "pairs.parquet")
     setup = Setup(policy, refs, pairs, n_pairs=shape.batch * shape.steps, epochs=1.0, batch=shape.batch,
-                  max_length=shape.prompt + shape.response, warmup=shape.warmup)
+                  max_length=shape.prompt + shape.response + 2, warmup=shape.warmup, threads=threads)  # + BOS, EOS
     results, failed = {}, {}
     for entry in TRAIN_ENTRIES:
         try:
@@ -254,7 +254,8 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_parts(sizes: list[str], parts: list[str], device: str, shape: Shape, peak: float | None) -> list[dict]:
+def run_parts(sizes: list[str], parts: list[str], device: str, shape: Shape, peak: float | None,
+              threads: int | None) -> list[dict]:
     """Every asked part for every size, each size's models built once in a temporary folder; rows printed as they
     come."""
     from engine.models import load_tokenizer
@@ -267,7 +268,7 @@ def run_parts(sizes: list[str], parts: list[str], device: str, shape: Shape, pea
             tokenizer = load_tokenizer(policy)
             for part in parts:
                 if part == "train":
-                    new = train_rows(size, policy, refs, tokenizer, shape, Path(tmp), peak)
+                    new = train_rows(size, policy, refs, tokenizer, shape, Path(tmp), peak, threads)
                 elif part == "generate":
                     new = generate_rows(size, policy, shape, device)
                 else:
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     parser.add_argument("--peak-tflops", type=float, help="peak dense bf16 TFLOP/s, for a GPU not in the table")
     parser.add_argument("--threads", type=int, default=None if cuda else 1,
-                        help="torch threads in this process (CPU default 1: tiny matmuls on a shared machine)")
+                        help="torch threads per process (CPU default 1: tiny matmuls on a shared machine)")
     parser.add_argument("--note", default="", help="a line written under the heading (load, other work running)")
     parser.add_argument("--results", default=str(REPO_ROOT / "bench" / "RESULTS.md"), help="'-': print only")
     args = parser.parse_args(argv)
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{machine}; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; "
           f"peak bf16 {'n/a' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}", flush=True)
     with torch_threads(args.threads):
-        rows = run_parts(sizes, parts, device, shape, peak)
+        rows = run_parts(sizes, parts, device, shape, peak, args.threads)
     header = (f"## `python -m engine bench gpu` — {machine} — {datetime.date.today().isoformat()}\n\n"
               f"`python -m engine bench gpu --sizes {args.sizes} --parts {args.parts}`; torch {torch.__version__}, "
               f"transformers {transformers.__version__}, trl {trl.__version__}; {shape_text(shape, cuda)}. "

@@ -49,7 +49,7 @@ class Setup:
 
     dtype: weights as loaded for every entry ("auto": bf16 on CUDA, fp32 on CPU), compute follows the trainer's
     bf16 autocast on CUDA; max_length: prompt + response tokens kept per sequence; warmup: steps left out of the
-    steady step throughput.
+    steady step throughput; threads: torch threads in the entry's process (None leaves torch's default).
     """
 
     model: str
@@ -61,11 +61,13 @@ class Setup:
     max_length: int = 128
     dtype: str = "auto"
     warmup: int = 2
+    threads: int | None = None
 
     def argv(self) -> list[str]:
         return ["--model", self.model, "--refs", ",".join(self.refs), "--pairs", self.pairs, "--n-pairs",
                 str(self.n_pairs), "--epochs", str(self.epochs), "--batch", str(self.batch), "--max-length",
-                str(self.max_length), "--dtype", self.dtype, "--warmup", str(self.warmup)]
+                str(self.max_length), "--dtype", self.dtype, "--warmup", str(self.warmup),
+                *(["--threads", str(self.threads)] if self.threads else [])]
 
 
 def _step_clock(warmup: int):
@@ -174,14 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=128, help="prompt + response tokens kept per sequence")
     parser.add_argument("--dtype", default="auto", help="weights dtype of every entry (auto: bf16 on CUDA)")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the steady step throughput")
+    parser.add_argument("--threads", type=int, help="torch threads per entry (default: torch's; 1 on a shared CPU)")
     parser.add_argument("--entries", default=",".join(ENTRIES))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one entry and print JSON
     args = parser.parse_args(argv)
     refs = args.refs.split(",")
     setup = Setup(args.model, tuple((refs * 2)[:2]), args.pairs, args.n_pairs, args.epochs, args.batch,
-                  args.max_length, args.dtype, args.warmup)
+                  args.max_length, args.dtype, args.warmup, args.threads)
     if args.one:
-        with tempfile.TemporaryDirectory() as out:
+        from engine.models import torch_threads
+
+        with tempfile.TemporaryDirectory() as out, torch_threads(args.threads):
             result = run_entry(args.one, setup, out)
         print("RESULT " + json.dumps(result))
         return 0
