@@ -183,7 +183,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.store import export_database
+    from engine.store_export import export_database
 
     counts = export_database(Path(args.output))
     print(f"wrote {args.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

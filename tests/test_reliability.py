@@ -26,7 +26,8 @@ from safetensors.torch import load_file
 
 from engine.__main__ import main
 from engine.paths import REPO_ROOT
-from engine.store import RunWriter, StoreError, StoreReader, export_database, read_run, run_context
+from engine.store import RunWriter, StoreError, StoreReader, read_run, run_context
+from engine.store_export import export_database
 from engine.train import last_checkpoint
 
 # Wall-clock rates differ between any two runs; everything else a run logs is a function of config and seed.
@@ -294,12 +295,12 @@ def test_exports_that_cannot_be_written_fail_in_one_line_and_leave_nothing(data_
         holder.wait()
 
     # The disk fills up halfway through an export: no database, and no temporary file, is left behind.
-    import engine.store
+    import engine.store_export
 
     def full_disk():
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(engine.store, "_readable_runs", full_disk)
+    monkeypatch.setattr(engine.store_export, "_readable_runs", full_disk)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(StoreError, match="No space left on device; nothing was written"):
