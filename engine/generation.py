@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 BACKENDS = ("transformers", "vllm")
 CACHE_MODES = ("auto", "dynamic", "static")
 # "auto" compiles only calls big enough to repay the compile. On an H100 at 0.5B (stack-notes.md) eager generate made
-# 2.0k tokens/s, static cache + compile 13k after a 36 s compile: break-even near 85k new tokens. A dashboard's
-# one-prompt generation stays eager; an evaluation of 512 prompts x 128 tokens compiles.
+# 2.0k tokens/s, static cache + compile 13k after a 36 s compile: break-even near 85k new tokens for a first call,
+# less once the graph is cached in the process. 512 prompts x 128 tokens compiles; a one-prompt dashboard call does not.
 AUTO_COMPILE_MIN_TOKENS = 65_536
 MIN_CACHE_LEN = 64
 # model -> {(batch rows, cache length, device, dtype): StaticCache}; dropped with the model (weak keys).
