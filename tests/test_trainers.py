@@ -133,3 +133,12 @@ def test_train_command_runs_a_config_file_end_to_end(tiny_world, data_root, tmp_
     steps = StoreReader().query("SELECT DISTINCT step FROM metrics WHERE name = 'loss' ORDER BY step")
     assert steps["step"].tolist() == [1, 2]
     assert isinstance(pd.read_json(data_root / "runs" / run_id / "run.json", typ="series")["config"], dict)
+
+
+@pytest.mark.parametrize(("dtype", "bf16", "fp16"), [("float32", False, False), ("bfloat16", True, False),
+                                                    ("float16", False, True), ("auto", False, False)])
+def test_every_model_dtype_maps_to_its_precision_on_cpu(tiny_world, data_root, dtype, bf16, fp16):
+    """Each dtype the config schema allows gives the trainer its mixed-precision flags (auto on CPU: float32)."""
+    cfg = run_config(tiny_world, "dpo", model={"path": str(tiny_world.sft), "dtype": dtype})
+    args = training_arguments(cfg, data_root / "out", has_eval=False)
+    assert (args.bf16, args.fp16) == (bf16, fp16)
