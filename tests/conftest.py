@@ -18,3 +18,13 @@ def tiny_world(tmp_path_factory):
     from tests.worlds import build_tiny_world
 
     return build_tiny_world(tmp_path_factory.mktemp("tiny_world"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module of tiny-model tests: on a shared 2-core machine a second thread only
+    spins (measured 14x slower per step); the previous count comes back afterwards."""
+    from engine.models import torch_threads
+
+    with torch_threads(1):
+        yield

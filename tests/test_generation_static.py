@@ -18,13 +18,7 @@ PROMPTS = ["The movie", "I watched this film last night and", "A truly", "Not", 
            "Honestly the acting in this one", "What a", "The director"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: a second thread only adds synchronisation on the shared 2-core machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

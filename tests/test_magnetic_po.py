@@ -27,13 +27,7 @@ STEP_METRICS = ("loss", "learning_rate", "magmpo/adv_mean", "magmpo/adv_std", "m
 ROUND_METRICS = ("magmpo/winrate_vs_magnet", "magmpo/winrate_vs_sft", "magmpo/gap")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second intra-op thread only spins (measured 14x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class CharLengthJudge:
@@ -44,7 +38,7 @@ class CharLengthJudge:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, one_thread):
+def world(tmp_path_factory, one_torch_thread):
     """A tokenizer and a tiny SFT Llama trained on a few hundred demo reviews, plus train and held-out prompts."""
     root = tmp_path_factory.mktemp("magnetic_world")
     corpus = generate_corpus(300, seed=0)

@@ -17,13 +17,7 @@ SPEC = LMSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 PROMPTS = ["The movie", "I watched this film", "A truly", "Not", "This sequel was"]  # uneven: left padding matters
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: a second thread only adds synchronisation on the shared 2-core machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
