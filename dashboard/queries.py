@@ -193,10 +193,10 @@ def judgment_sources() -> list[str]:
 
 
 def leaderboard(sources: list[str] | None = None, n_resamples: int = 200) -> pd.DataFrame:
-    """Bradley-Terry ratings from the verdicts of these sources (all when None): engine.eval_job.leaderboard."""
-    from engine import eval_job  # brings scikit-learn (about a second): only the pages that rate pay for it
+    """Bradley-Terry ratings from the verdicts of these sources (all when None): engine.standings.leaderboard."""
+    from engine import standings  # brings scikit-learn (about a second): only the pages that rate pay for it
 
-    return eval_job.leaderboard(_SHARED, sources, n_resamples)
+    return standings.leaderboard(_SHARED, sources, n_resamples)
 
 
 def score_objectives() -> list[str]:
@@ -209,10 +209,10 @@ def score_objectives() -> list[str]:
 def pareto_table(objectives: list[str], kinds: list[str] | None = None,
                  run_ids: list[str] | None = None) -> pd.DataFrame:
     """Models and mixture points with scores on ``objectives`` and the front among those kept:
-    engine.eval_job.pareto_table (columns name, label, kind, run_id, weights, ess, *objectives, on_front)."""
-    from engine import eval_job
+    engine.standings.pareto_table (columns name, label, kind, run_id, weights, ess, *objectives, on_front)."""
+    from engine import standings
 
-    return eval_job.pareto_table(_SHARED, objectives, kinds, run_ids)
+    return standings.pareto_table(_SHARED, objectives, kinds, run_ids)
 
 
 # ---------------------------------------------------------------------------------------------- mixing runs

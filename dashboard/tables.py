@@ -1,6 +1,6 @@
 """DataFrame transforms behind the pages: pure functions from query results to the tables and chart inputs.
 
-The statistics themselves are engine.evaluation's (win_rate) and engine.eval_job's (leaderboard, pareto_table,
+The statistics themselves are engine.evaluation's (win_rate) and engine.standings' (leaderboard, pareto_table,
 called through dashboard.queries); this module only shapes store rows for them and names the results for display.
 """
 

@@ -1,5 +1,5 @@
 """The dashboard's logic: launch-form fields and parsing, error placement, config diff, win rates and ratings from
-verdicts, Pareto tables (engine.eval_job's, read through dashboard.queries), word diffs and simplex sliders."""
+verdicts, Pareto tables (engine.standings', read through dashboard.queries), word diffs and simplex sliders."""
 
 import dataclasses
 import json

@@ -15,7 +15,7 @@ import yaml
 
 from engine.demo_pipeline import StageFailed, demo_run, vllm_ready
 from engine.demo_plan import DemoError, load_plan
-from engine.eval_job import pareto_table
+from engine.standings import pareto_table
 from engine.judges import ConcisenessScorer, SentimentScorer
 from engine.paths import REPO_ROOT
 from engine.runner import job_status

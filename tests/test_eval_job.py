@@ -12,18 +12,11 @@ from scipy import stats
 from engine import generation
 from engine.config import config_from_dict, config_to_dict
 from engine.data.demo import generate_corpus
-from engine.eval_job import (
-    eval_command,
-    evaluate_models,
-    leaderboard,
-    mean_ci,
-    pareto_table,
-    resolve_models,
-    reward_margins,
-)
+from engine.eval_job import eval_command, evaluate_models, mean_ci, resolve_models, reward_margins
 from engine.evaluation import ELO_PER_LOGIT, bradley_terry, length_controlled_win_rate, win_rate
 from engine.judges import lexicon_polarity
 from engine.models import LMSpec, tiny_llama, train_lm, train_tokenizer
+from engine.standings import leaderboard, pareto_table
 from engine.store import RunWriter, StoreReader, read_run, run_dir
 
 PARAMS = generation.SamplingParams(max_new_tokens=10, temperature=1.0, seed=3)

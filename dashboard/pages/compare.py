@@ -13,7 +13,7 @@ from dashboard.widgets import chart, table
 
 @st.cache_data(show_spinner="fitting Bradley-Terry ratings")
 def cached_leaderboard(sources: tuple[str, ...], stamp: tuple[int, float]) -> pd.DataFrame:
-    """engine.eval_job.leaderboard over these sources. ``stamp`` (how many verdicts, the newest one's time) only
+    """engine.standings.leaderboard over these sources. ``stamp`` (how many verdicts, the newest one's time) only
     keys the cache: a new verdict or vote refits, an unchanged store reuses the fit."""
     return leaderboard(list(sources))
 
