@@ -162,6 +162,24 @@ def run_in_subprocess(entry: str, setup: Setup) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+def random_model(shape: str, tokenizer_from: str, folder: Path) -> str:
+    """Save a randomly initialised Llama of ``HIDDEN,LAYERS`` (4x MLP, 64-dim heads) with the tokenizer of
+    ``tokenizer_from`` into ``folder``; returns its path. Random weights train at the same speed as trained ones."""
+    from engine.models import LMSpec, load_tokenizer, tiny_llama
+
+    try:
+        hidden, layers = (int(v) for v in shape.split(","))
+    except ValueError:
+        raise SystemExit(f"--shape: expected HIDDEN,LAYERS such as 512,8 (got {shape!r})") from None
+    tokenizer = load_tokenizer(tokenizer_from)
+    model = tiny_llama(tokenizer, LMSpec(hidden_size=hidden, num_layers=layers, num_heads=max(1, hidden // 64),
+                                         intermediate_size=4 * hidden))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    print(f"random Llama {shape}: {model.num_parameters() / 1e6:.1f}M parameters", flush=True)
+    return str(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     from engine.paths import demo_dir, models_dir
 
@@ -177,9 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", help="weights dtype of every entry (auto: bf16 on CUDA)")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the steady step throughput")
     parser.add_argument("--threads", type=int, help="torch threads per entry (default: torch's; 1 on a shared CPU)")
+    parser.add_argument("--shape", help="HIDDEN,LAYERS: a randomly initialised Llama of that shape with the demo "
+                        "tokenizer replaces --model and --refs (on CPU, a model whose weights, not the libraries, "
+                        "dominate peak memory: e.g. 512,8 has 26M parameters)")
     parser.add_argument("--entries", default=",".join(ENTRIES))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one entry and print JSON
     args = parser.parse_args(argv)
+    if args.shape and not args.one:
+        with tempfile.TemporaryDirectory() as folder:
+            args.model = args.refs = random_model(args.shape, args.model, Path(folder))
+            return compare(args)
+    return compare(args)
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Every entry of ``args.entries`` in its own process, then the ratios (or one entry here, with --one)."""
     refs = args.refs.split(",")
     setup = Setup(args.model, tuple((refs * 2)[:2]), args.pairs, args.n_pairs, args.epochs, args.batch,
                   args.max_length, args.dtype, args.warmup, args.threads)
