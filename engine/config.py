@@ -26,8 +26,9 @@ from typing import Any, Literal
 
 import yaml
 
-from engine.config_checks import (ConfigError, check_data_ref, check_model_ref, check_simplex, in_range,  # noqa: F401
-                                  is_local_ref, positive, resolve_path, resolve_source)
+from engine.config_checks import (MAX_SEED, ConfigError, check_data_ref, check_model_ref, check_names,  # noqa: F401
+                                  check_simplex, in_range, is_local_ref, nonnegative, positive, resolve_path,
+                                  resolve_source, shown)
 from engine.method_configs import (METHOD_PARAMS, DPOParams, MagneticPOParams, MallowsPOParams,  # noqa: F401
                                    MixingPOParams, MRPOParams, ObjectiveSpec)
 
@@ -50,6 +51,7 @@ class LoraSection:
         positive(where, "r", self.r)
         positive(where, "alpha", self.alpha)
         in_range(where, "dropout", self.dropout, 0.0, 1.0)
+        check_names(f"{where}.target_modules", self.target_modules, "q_proj, v_proj")
 
 
 @dataclass
@@ -103,12 +105,14 @@ class TrainingSection:
         positive(where, "epochs", self.epochs)
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"{where}.max_steps: must be a positive number of steps, or -1 to use epochs")
+        if self.max_steps > 0:
+            positive(where, "max_steps", self.max_steps)
         for name in ("batch_size", "grad_accum", "learning_rate", "num_processes", "eval_every"):
             positive(where, name, getattr(self, name))
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"{where}.warmup_ratio: must lie in [0, 1) (got {self.warmup_ratio})")
-        if self.save_every < 0:
-            raise ConfigError(f"{where}.save_every: must be >= 0 (0 saves only at the end)")
+        nonnegative(where, "save_every", self.save_every, "0 saves only at the end")
+        in_range(where, "seed", self.seed, 0, MAX_SEED)
         if self.num_threads is not None:
             positive(where, "num_threads", self.num_threads)
 
@@ -140,7 +144,7 @@ def config_from_dict(raw: Any, source: str = "config") -> RunConfig:
     try:
         return _config_from_dict(raw)
     except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        raise ConfigError(f"{shown(source)}: {err}") from None
 
 
 def _config_from_dict(raw: Any) -> RunConfig:
@@ -154,29 +158,31 @@ def _config_from_dict(raw: Any) -> RunConfig:
         if key in METHOD_PARAMS and key != method:
             raise ConfigError(f"{key}: this section belongs to method {key}, but method is {method}")
         if key not in {*sections, "method", method}:
-            raise ConfigError(f"{key}: unknown section; allowed: method, {', '.join(sections)}, {method}")
+            raise ConfigError(f"{shown(key)}: unknown section; allowed: method, {', '.join(sections)}, {method}")
     # The method's own section first: its mistakes are the likeliest, and the order of reports stays fixed.
     params = _build(METHOD_PARAMS[method], raw.get(method, {}), method)
     built = {name: _build(_field_type(RunConfig, name), raw.get(name, {}), name) for name in sections}
     if method == "mrpo" and resolve_path(params.references[0]) != resolve_path(built["model"].path):
         raise ConfigError(f"mrpo.references[0]: the primary reference must be the model the policy starts from"
-                          f" (model.path = {built['model'].path}); list the other references after it")
+                          f" (model.path = {built['model'].path!r}); list the other references after it")
     return RunConfig(method=method, params=params, **built)
 
 
 def load_config(path: str | Path) -> RunConfig:
     """Read a YAML or JSON config file and validate it."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
     try:
+        if not path.is_file():
+            raise ConfigError(f"{shown(str(path))}: no such config file")
         text = path.read_text(encoding="utf-8")
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{shown(str(path))}: not UTF-8 text; save the file as UTF-8") from None
+    except (ValueError, yaml.YAMLError) as err:  # ValueError: JSON syntax, or an integer of over 4300 digits
         first_line = str(err).splitlines()[0]
-        raise ConfigError(f"{path}: cannot parse ({first_line})") from None
+        raise ConfigError(f"{shown(str(path))}: cannot parse ({first_line})") from None
+    except OSError as err:  # a name too long for the file system, a folder, no permission
+        raise ConfigError(f"{shown(str(path)[:200])}: cannot be read ({err.strerror}); check the path") from None
     return config_from_dict(raw, str(path))
 
 
@@ -206,6 +212,8 @@ def _field_type(cls: type, name: str) -> Any:
 
 def _build(tp: Any, value: Any, where: str) -> Any:
     """Convert a parsed YAML/JSON value to `tp`, checking types; dataclasses are built field by field."""
+    if isinstance(value, int) and value.bit_length() > 64:  # str() and float() fail on the largest ones
+        raise ConfigError(f"{where}: an integer of {value.bit_length()} bits is too large for any field (64 at most)")
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -242,9 +250,9 @@ def _build_dataclass(cls: type, value: Any, where: str) -> Any:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: must be a mapping of {cls.__name__} fields (got {value!r})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - set(fields))
+    unknown = sorted(set(value) - set(fields), key=str)  # YAML keys need not all be strings
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed: {', '.join(fields)}")
+        raise ConfigError(f"{where}.{shown(unknown[0])}: unknown key; allowed: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name in value:

@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from engine.config_checks import ConfigError, check_data_ref, check_model_ref, check_simplex, in_range, positive
+from engine.config_checks import (ConfigError, check_data_ref, check_model_ref, check_simplex, in_range, nonnegative,
+                                  positive)
 
 @dataclass
 class DPOParams:
@@ -165,11 +166,11 @@ class MagneticPOParams:
 
     def validate(self, where: str) -> None:
         check_data_ref(f"{where}.prompts", self.prompts)
-        if self.alpha < 0:
-            raise ConfigError(f"{where}.alpha: must be >= 0 (got {self.alpha})")
+        nonnegative(where, "alpha", self.alpha, "0 drops the pull towards the magnet")
         positive(where, "rounds", self.rounds)
         if self.group_size < 2:
             raise ConfigError(f"{where}.group_size: self-play needs at least 2 responses per prompt")
+        positive(where, "group_size", self.group_size)
         positive(where, "max_new_tokens", self.max_new_tokens)
         positive(where, "temperature", self.temperature)
         self.sampling_backend(cuda=False, where=where)  # asking for vllm without it fails here, at load time
