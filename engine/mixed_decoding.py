@@ -237,6 +237,7 @@ def load_policies(reference: str, policies: dict[str, str], tokenizer, backend: 
     if backend != "separate" and adapters and len(adapters) == len(policies):
         return LoraPolicies(load_model(reference, dtype=dtype, device=device), adapters, tokenizer)
     models = {REFERENCE: load_model(reference, dtype=dtype, device=device)}
+    vocab = models[REFERENCE].get_output_embeddings().weight.shape[0]
     for name, path in policies.items():
         if name in adapters:
             from peft import PeftModel
@@ -245,6 +246,12 @@ def load_policies(reference: str, policies: dict[str, str], tokenizer, backend: 
             models[name] = PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
         else:
             models[name] = load_model(path, dtype=dtype, device=device)
+        # The mixture adds the policies' log-probs token by token: row i of every output embedding must be token i.
+        rows = models[name].get_output_embeddings().weight.shape[0]
+        if rows != vocab:
+            raise ValueError(f"policies[{name!r}]: {str(path)!r} scores {rows} tokens but the reference "
+                             f"{str(reference)!r} scores {vocab}; mix only experts trained from the reference, "
+                             "which share its tokenizer and vocabulary")
     return SeparatePolicies(models, tokenizer)
 
 

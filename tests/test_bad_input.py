@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import io
 import json
+import math
 import re
 import shutil
 import typing
@@ -25,11 +26,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.__main__ import main
-from engine.config import METHOD_PARAMS, ConfigError, RunConfig, config_from_dict
+from engine.config import METHOD_PARAMS, ConfigError, LoraSection, RunConfig, config_from_dict
 from engine.data.validation import DataError
 from engine.store import RunWriter
 from tests.test_reliability import dpo_config
@@ -190,6 +192,29 @@ CASES = [
          r"model\.dtype: must be one of auto, float32, bfloat16, float16"),
     Case("config: LoRA dropout above 1", lambda c: c.train_config(c.raw(model={"lora": {"dropout": 2.0}})),
          r"model\.lora\.dropout: must lie in \[0\.0, 1\.0\]"),
+    Case("config: the data folder itself as a path", lambda c: c.train_config(c.raw(model={"path": "."})),
+         r"model\.path: '\.' names no file or folder"),
+    Case("config: a path under a user that does not exist", lambda c: c.train_config(
+        c.raw(data={"train": "~preflab-no-such-user-7f3a/prefs.parquet"})),
+         r"data\.train: '~preflab-no-such-user-7f3a/prefs\.parquet' starts with '~preflab-no-such-user-7f3a', but "
+         r"there is no such user"),
+    Case("config: a path longer than PATH_MAX", lambda c: c.train_config(c.raw(model={"tokenizer": "t/" * 2100})),
+         r"model\.tokenizer: a path of 4200 characters is too long"),
+    Case("config: a newline in a path", lambda c: c.train_config(c.raw(data={"eval": "demo/a.parquet\nb.parquet"})),
+         r"data\.eval: no data at '.*demo/a\.parquet\\nb\.parquet'"),
+    Case("config: NaN in MRPO weights (JSON)", lambda c: c.train_config(c.raw("mrpo", mrpo={
+        "references": [str(c.world.sft), str(c.world.ref2)], "alpha": [float("nan"), 1.0]}), ".json"),
+         r"mrpo\.alpha: weights must be finite numbers \(got \[nan, 1\.0\]\)"),
+    Case("config: NaN magnet weight (YAML .nan)", lambda c: c.train_config(yaml.safe_dump(c.raw(
+        "magnetic_po", magnetic_po={"alpha": float("nan"), "prompts": str(c.world.prompts)}))),
+         r"magnetic_po\.alpha: must be a finite number"),
+    Case("config: infinite epochs (YAML .inf)", lambda c: c.train_config(yaml.safe_dump(c.raw(
+        training={"epochs": float("inf")}))),
+         r"training\.epochs: must be a finite number \(got inf\)"),
+    Case("config: LoRA without target modules", lambda c: c.train_config(c.raw(model={"lora": {
+        "target_modules": []}})), r"model\.lora\.target_modules: needs at least one non-empty name"),
+    Case("config: a batch of 10**12", lambda c: c.train_config(c.raw(training={"batch_size": 10**12})),
+         r"training\.batch_size: must be at most 1,000,000,000 \(got 1000000000000\)"),
     Case("config file: YAML syntax", lambda c: c.train_config("method: dpo\ntraining: {max_steps: [1,\n"),
          r"config\.yaml: cannot parse"),
     Case("config file: JSON syntax", lambda c: c.train_config('{"method": "dpo",}', ".json"),
@@ -216,6 +241,10 @@ CASES = [
          r"row 1, column '\*': line 2 is not valid JSON"),
     Case("data: damaged Parquet", lambda c: c.recipe(data=c.prefs(b"PAR1" + b"\x00" * 64 + b"PAR1", ".parquet")),
          r"prefs\.parquet: could not be read as parquet"),
+    Case("data: Parquet with zero rows", lambda c: c.recipe(data={"train": _zero_row_parquet(c)}),
+         r"empty\.parquet: has no rows \(valid parquet, but not one row with a field in it\); fix: write at least"),
+    Case("data: JSON with zero rows", lambda c: c.recipe(data={"train": c.file("empty.json", "[]")}),
+         r"empty\.json: has no rows \(valid json, but not one row with a field in it\); fix: write at least one"),
     Case("data: CSV", lambda c: c.recipe(data=c.prefs(b"prompt,chosen,rejected\na,b,c\n", ".csv")),
          r"prefs\.csv: unsupported file type"),
     Case("data: unknown chat role", lambda c: c.recipe(data=c.prefs([{
@@ -246,6 +275,10 @@ CASES = [
     Case("model: neither a folder nor a hub id", lambda c: _load_model("../no/such model"),
          r"model path '\.\./no/such model' does not exist and is not a hub id"),
     # ---- mixture weights
+    Case("mixing: experts with another vocabulary", lambda c: _policies(c.world.sft, {"ref2": c.world.ref2,
+                                                                       "other": c.world.other_tokenizer_ref}),
+         r"policies\['other'\]: '.*other_tok_ref' scores 320 tokens but the reference '.*sft' scores 400",
+         loads_model=True),
     Case("mixing: weights summing to 1.4", lambda c: _mix([0.7, 0.7]), r"weights must sum to 1"),
     Case("mixing: negative weight", lambda c: _mix([1.5, -0.5]), r"weights must be nonnegative"),
     Case("mixing: one weight for two experts", lambda c: _mix([1.0]), r"weights must have shape \[2\]"),
@@ -265,6 +298,20 @@ def _load_prompts(path: str):
     from engine.data.loaders import load_prompts
 
     return load_prompts(path)
+
+
+def _zero_row_parquet(c: Ctx) -> str:
+    path = c.tmp / "empty.parquet"
+    pd.DataFrame({name: pd.Series(dtype=str) for name in ("prompt", "chosen", "rejected")}).to_parquet(path)
+    return str(path)
+
+
+def _policies(reference: Path, experts: dict[str, Path]):
+    from engine.mixed_decoding import load_policies
+    from engine.models import load_tokenizer
+
+    return load_policies(str(reference), {k: str(v) for k, v in experts.items()}, load_tokenizer(reference),
+                         backend="separate", device="cpu")
 
 
 def _load_model(path: str):
@@ -309,35 +356,95 @@ def test_bad_input_is_refused_in_one_line_before_work_and_writes_nothing(case, t
 
 _HINTS = typing.get_type_hints(RunConfig)
 SECTIONS = [f.name for f in dataclasses.fields(RunConfig) if f.name not in ("method", "params")]
-FIELDS = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in METHOD_PARAMS.items()}
-FIELDS.update({name: [f.name for f in dataclasses.fields(_HINTS[name])] for name in SECTIONS})
+CLASSES = {**METHOD_PARAMS, **{name: _HINTS[name] for name in SECTIONS}, "model.lora": LoraSection}
+FIELDS = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in CLASSES.items()}
 # One valid config per method; relative paths point at the data folder the valid_world fixture builds.
 VALID: dict[str, dict] = {m: {"method": m} for m in METHOD_PARAMS}
 VALID["mixing_po"]["mixing_po"] = {"objectives": [
     {"name": n, "train": "demo/prefs_sentiment_train.parquet", "judge": "sentiment"} for n in "ab"]}
 
-scalars = (st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=True)
-           | st.text(max_size=24) | st.sampled_from(["models/sft", "demo/prefs.parquet", "auto", "theta", "-1"]))
+# The value classes that used to slip through or crash the loader: NaN and infinities, counts past any real one,
+# empty lists, and strings that are no usable path (the data folder itself, an unknown user, past NAME_MAX or
+# PATH_MAX, a newline, a NUL byte).
+edge_floats = st.sampled_from([math.nan, math.inf, -math.inf])
+edge_ints = st.sampled_from([10**9 + 1, 2**32, 10**18, 10**400])
+not_paths = (st.sampled_from([".", "./", "", "~preflab-no-such-user-7f3a/x", "models/sft\nx", "demo/\x00"])
+             | st.integers(256, 5000).map(lambda n: "p" * n) | st.integers(2049, 2600).map(lambda n: "d/" * n))
+scalars = (st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=True) | edge_floats
+           | edge_ints | st.just([]) | st.text(max_size=24) | not_paths
+           | st.sampled_from(["models/sft", "demo/prefs.parquet", "auto", "theta", "-1"]))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
     st.text(max_size=8), inner, max_size=3), max_leaves=8)
 
 
+def edge_values(hint: Any) -> st.SearchStrategy:
+    """Edge values of a field's own type (a wrong type is refused on sight, so it would not test the checks):
+    NaN/inf for floats, huge counts for ints, unusable paths for strings, empty lists or lists of edge items."""
+    kinds = {hint, *typing.get_args(hint)}
+    items = [typing.get_args(k)[0] for k in kinds if typing.get_origin(k) is list]
+    options = [st.just([])] if items else []
+    options += [st.lists(edge_values(item) | values, min_size=1, max_size=3) for item in items
+                if item in (float, str)]
+    options += [strategy for kind, strategy in ((float, edge_floats), (int, edge_ints), (str, not_paths))
+                if kind in kinds]
+    return st.one_of(options) if options else values
+
+
 @st.composite
 def mutated_configs(draw) -> Any:
-    """A valid config of a random method with 1-3 fields set to random values, keys added, or sections replaced."""
+    """A valid config of a random method with 1-3 fields set to random values or to edge values of their type,
+    keys added, or sections replaced."""
     method = draw(st.sampled_from(list(METHOD_PARAMS)))
     raw: dict[str, Any] = copy.deepcopy(VALID[method])
     for _ in range(draw(st.integers(1, 3))):
-        section = draw(st.sampled_from([*SECTIONS, method, "method", "extra"]))
-        how = draw(st.sampled_from(["field", "unknown key", "replace", "delete"]))
+        section = draw(st.sampled_from([*SECTIONS, "model.lora", method, "method", "extra"]))
+        how = draw(st.sampled_from(["field", "field", "unknown key", "replace", "delete"]))
+        parent, key = (raw.get("model"), "lora") if section == "model.lora" else (raw, section)
+        if section == "model.lora" and not isinstance(parent, dict):
+            continue
         if section == "method" or how == "replace":
-            raw[section] = draw(values)
+            parent[key] = draw(values)
         elif how == "delete":
-            raw.pop(section, None)
-        elif isinstance(raw.get(section, {}), dict):
-            key = draw(st.sampled_from(FIELDS.get(section, ["x"]))) if how == "field" else draw(st.text(max_size=8))
-            raw.setdefault(section, {})[key] = draw(values)
+            parent.pop(key, None)
+        elif isinstance(parent.get(key, {}), dict):
+            if how == "field" and section in CLASSES:
+                name = draw(st.sampled_from(FIELDS[section]))
+                value = draw(edge_values(typing.get_type_hints(CLASSES[section])[name]) | values)
+            else:
+                name, value = draw(st.text(max_size=8)), draw(values)
+            parent.setdefault(key, {})[name] = value
     return raw
+
+
+PATH_KEYS = {"path", "tokenizer", "train", "eval", "references", "prompts"}  # the fields that hold paths
+
+
+def _leaves(obj: Any, where: str) -> list[tuple[str, Any]]:
+    """(dotted name, value) of every field of an accepted config, list items included."""
+    if dataclasses.is_dataclass(obj):
+        return [leaf for f in dataclasses.fields(obj) for leaf in _leaves(getattr(obj, f.name), f"{where}.{f.name}")]
+    if isinstance(obj, list):
+        return [(where, obj)] + [leaf for i, item in enumerate(obj) for leaf in _leaves(item, f"{where}[{i}]")]
+    return [(where, obj)]
+
+
+def _check_accepted(cfg: RunConfig) -> None:
+    """What an accepted config promises the code that runs it: finite numbers, counts within MAX_COUNT (seeds
+    within numpy's 2**32 - 1), no empty list, and paths that resolve without an exception."""
+    from engine.config import resolve_source
+    from engine.config_checks import MAX_COUNT, MAX_SEED
+
+    for where, value in _leaves(cfg, "cfg"):
+        field_name = re.sub(r"\[\d+\]$", "", where).rsplit(".", 1)[-1]
+        if isinstance(value, float):
+            assert math.isfinite(value), (where, value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            assert -1 <= value <= (MAX_SEED if field_name == "seed" else MAX_COUNT), (where, value)
+        elif isinstance(value, list):
+            assert value, where
+        elif isinstance(value, str) and field_name in PATH_KEYS:
+            assert Path(value).parts, (where, value)
+            resolve_source(value)
 
 
 @pytest.fixture(scope="module")
@@ -364,9 +471,11 @@ def test_any_config_is_accepted_or_refused_with_a_config_error(valid_world, raw)
         patch.setenv("PREFLAB_DATA", str(valid_world))
         try:
             cfg = config_from_dict(raw)
-        except ConfigError:
+        except ConfigError as err:
+            assert "\n" not in str(err), str(err)
             return
-    assert isinstance(cfg, RunConfig) and cfg.method in METHOD_PARAMS
+        assert isinstance(cfg, RunConfig) and cfg.method in METHOD_PARAMS
+        _check_accepted(cfg)
 
 
 rows = st.lists(st.dictionaries(st.sampled_from(["prompt", "chosen", "rejected", "text", "label", "x"]), values,

@@ -28,6 +28,8 @@ else is a hub name for `datasets.load_dataset`. Bad rows raise `DataError` (file
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import re
 import tempfile
@@ -37,6 +39,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow.parquet as pq
 from datasets import Dataset
 
 from engine.data.demo import prompt_of
@@ -207,8 +210,33 @@ def _read_local(path: Path) -> Dataset:
             return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache,
                                          keep_in_memory=True)
         except Exception as err:  # pyarrow/datasets raise many types; all mean the file cannot be read
+            if _holds_no_rows(path, builder):
+                raise DataError(f"{path}: has no rows (valid {builder}, but not one row with a field in it); fix: "
+                                "write at least one row, or point to the right file") from None
             raise DataError(f"{path}: could not be read as {builder} ({type(err).__name__}: {_short(err)}); fix: "
                             "check that the file is complete and of the type its suffix says") from err
+
+
+def _holds_no_rows(path: Path, builder: str) -> bool:
+    """Whether a file `datasets` failed on is a valid file without rows: a Parquet whose footer counts 0 rows, or
+    JSON holding no object with a field (`[]`, `{}`, `[{}]`, lines of `{}`). `datasets` fails on those with
+    errors that read like damage ("BatchSize must be greater than 0", "corresponds to no data"); asked only after
+    such a failure, so a readable file is never parsed twice."""
+    try:
+        if builder == "parquet":
+            return pq.read_metadata(path).num_rows == 0
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        text = raw.decode("utf-8")
+        if path.name.removesuffix(".gz").endswith(".jsonl"):
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            data = json.loads(text)
+            records = data if isinstance(data, list) else [data]
+            if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+                records = [dict(zip(data, values)) for values in zip(*data.values())]  # columns -> rows
+    except Exception:  # damaged after all: the caller reports that
+        return False
+    return not any(isinstance(record, dict) and record for record in records)
 
 
 def _hub_subset(source: str, subset: str | None) -> str | None:
