@@ -9,7 +9,9 @@ A config file (YAML or JSON) names its method and carries one section named afte
     mallows_po: {beta: 0.1, variant: theta}
 
 Every field is checked on load (type, range, allowed values, unknown keys) and the first problem is reported as a
-one-line `ConfigError` naming the field and the fix, before any model or data is touched. The method sections live
+one-line `ConfigError` naming the field and the fix, before any model or data is touched. Numbers must be finite (no
+NaN, no .inf), counts are at most 10**9 (`config_checks.MAX_COUNT`), seeds lie in [0, 2**32 - 1], lists are not empty,
+and a path must name a file or folder (not "", "." or an unknown ~user). The method sections live
 in `engine/method_configs.py` (defaults from ../shared/algorithms.md, each citing its paper); path rules and shared
 checks in `engine/config_checks.py`.
 """
