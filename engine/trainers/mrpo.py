@@ -51,9 +51,9 @@ class MRPOTrainer(PreferenceTrainer):
             max_length = None  # the text already fits the policy's limit; another cut here would score less text
         score = dict(pad_id=tokenizer.pad_token_id, max_length=max_length, batch_size=batch_size)
         logps_w, logps_l, _, _ = score_pairs(model, prompts, chosen, rejected, desc=f"{path}: {name} pairs", **score)
-        del model
-        gc.collect()
+        del model  # freed here by reference counting; on CUDA also hand its cached blocks back for the next one
         if torch.cuda.is_available():
+            gc.collect()
             torch.cuda.empty_cache()
         return logps_w, logps_l
 
