@@ -50,6 +50,8 @@ def tour(url: str, out: Path) -> dict[str, dict[str, Any]]:
                 page.locator(f".st-key-{last}").wait_for(timeout=TIMEOUT_MS)
             page.wait_for_timeout(300)
             page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden", timeout=TIMEOUT_MS)
+            if title == "Runs":
+                _chart_newest_training(page)
             facts: dict[str, Any] = {"errors": page.locator("[data-testid=stException]").all_inner_texts()}
             if chart_key:
                 page.wait_for_function(f"() => ({CHART_JS})('{chart_key}') !== null", timeout=TIMEOUT_MS)
@@ -62,6 +64,21 @@ def tour(url: str, out: Path) -> dict[str, dict[str, Any]]:
             screenshot(page, out / f"{title.lower()}.png")
             seen[title] = facts
     return seen
+
+
+def _chart_newest_training(page: Any) -> None:
+    """Pick the newest training run in the Runs page's chart selector, as a person would: type its id, press Enter
+    (nothing is charted by default once no job runs)."""
+    from engine.runner import list_jobs
+
+    newest = next((j["run_id"] for j in list_jobs() if j["kind"] == "train"), None)
+    if newest is None:
+        return
+    page.locator(".st-key-live_runs input").fill(newest)
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(300)
+    page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden", timeout=TIMEOUT_MS)
 
 
 def main(argv: list[str] | None = None) -> int:
