@@ -102,6 +102,7 @@ class TrainingSection:
     eval_every: int = 50
     precompute_ref: bool = True  # reference log-probs (and entropies, K references) computed once, then freed
     num_threads: int | None = None  # torch CPU threads for this run; None keeps torch's default
+    compile: bool = False  # torch.compile the policy (TrainingArguments.torch_compile): for long runs on a GPU
 
     def validate(self, where: str) -> None:
         positive(where, "epochs", self.epochs)

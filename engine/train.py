@@ -135,6 +135,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path, has_eval: bool) -> DPOC
         bf16=half == "bf16",
         fp16=half == "fp16",
         gradient_checkpointing=False,
+        torch_compile=t.compile,
         report_to=[],
         disable_tqdm=False,
         dataloader_num_workers=0,
