@@ -101,7 +101,6 @@ def page_queries() -> dict[str, Callable[[], Any]]:
         "runs_table": q.runs_table,
         "run_info": lambda: q.run_info(runs[0]),
         "demo_ready": q.demo_ready,
-        "latest_demo_job": q.latest_demo_job,
         "config_presets": q.config_presets,
         "metric_names (5 runs)": lambda: q.metric_names(runs),
         "runs_with_metric (5 runs)": lambda: q.runs_with_metric("metric_3", runs),

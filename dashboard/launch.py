@@ -6,12 +6,14 @@ with the run (engine.runner.launch writes run.json) and the job `python -m engin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from dashboard.forms import FORM_SOURCE, error_field, form_fields, initial_values, method_doc, raw_config
-from dashboard.queries import DEMO_KIND, config_presets, demo_ready, has_training_runs, is_active, latest_demo_job
+from dashboard.queries import DEMO_KIND, config_presets, demo_ready, is_active
 from dashboard.widgets import terminal_text, untrusted
 from engine.config import METHODS, ConfigError, config_from_dict, config_to_dict
 from engine.runner import launch, tail_log
@@ -98,7 +100,7 @@ def launch_form(on_launch: Callable[[str], None] | None = None) -> None:
     st.rerun()  # the table above then lists the new run
 
 
-def first_run_screen(job: dict | None) -> None:
+def first_run_screen(job: Mapping[str, Any] | None) -> None:
     """Shown until the demo has run: offers `demo prepare` (the world only) or `demo run` (every method trained,
     evaluated and compared) as a job, and follows the newest such job (``job``)."""
     running = job is not None and is_active(job["status"])
@@ -135,10 +137,14 @@ def _demo_progress(run_id: str, name: str, running: bool) -> None:
     progress()
 
 
-def show_first_run_if_needed() -> bool:
-    """The first-run screen while no demo model or no training run exists yet, or a demo job runs; True if shown."""
-    job = latest_demo_job()
-    if demo_ready() and has_training_runs() and not (job is not None and is_active(job["status"])):
+def show_first_run_if_needed(runs: pd.DataFrame) -> bool:
+    """The first-run screen while no demo model or no training run exists yet, or a demo job runs; True if shown.
+
+    ``runs``: the page's runs table (queries.runs_table, newest first), so the runs are listed once per page run."""
+    demo_jobs = runs[runs["kind"] == DEMO_KIND]
+    job = demo_jobs.iloc[0] if len(demo_jobs) else None
+    trained = bool((runs["kind"] != DEMO_KIND).any())
+    if demo_ready() and trained and not (job is not None and is_active(job["status"])):
         return False
     first_run_screen(job)
     return True

@@ -111,17 +111,6 @@ def demo_ready() -> bool:
     return resolve_path(ModelSection().path).is_dir()
 
 
-def has_training_runs() -> bool:
-    """True once any run other than a demo job (`demo prepare`, `demo run`) exists."""
-    return any(j["kind"] != DEMO_KIND for j in list_jobs())
-
-
-def latest_demo_job() -> dict[str, Any] | None:
-    """The newest demo job (`demo prepare` or `demo run`), if any."""
-    jobs = [j for j in list_jobs() if j["kind"] == DEMO_KIND]
-    return jobs[0] if jobs else None
-
-
 def config_presets() -> dict[str, dict[str, Any]]:
     """The example configs shipped in configs/*.yaml, by method (the first file of each method wins)."""
     import yaml

@@ -17,9 +17,8 @@ PREFERRED_METRICS = ("loss", "train/loss", "rewards/margins", "mix/F_hat")
 METRIC_PICK = "live_metric_pick"  # the metric a person chose, kept across runs and refreshes
 
 st.title("Runs")
-show_first_run_if_needed()
-
 runs = runs_table()
+show_first_run_if_needed(runs)
 
 
 @st.fragment(run_every=LIVE_SECONDS if runs["status"].map(is_active).any() else None)
