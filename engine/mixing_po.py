@@ -63,14 +63,15 @@ class _PrefixedWriter:
 def _train_policy(cfg: RunConfig, writer: RunWriter, name: str, train: str, eval_: str | None, folder: Path,
                   resume: bool, limit: int | None) -> Path:
     """One DPO policy from the run's reference and training settings; on resume a finished one is kept."""
-    from engine.train import train_preference_model  # torch and TRL only when training
+    from engine.train import complete_checkpoints, train_preference_model  # torch and TRL only when training
 
     out = folder / "model"
     if resume and ((out / "config.json").exists() or (out / "adapter_config.json").exists()):
         return out
     derived = dataclasses.replace(cfg, method="dpo", params=DPOParams(beta=cfg.params.beta),
                                   data=dataclasses.replace(cfg.data, train=train, eval=eval_, limit=limit))
-    has_checkpoint = any((folder / "checkpoints").glob("checkpoint-*"))
+    # an expert killed before its first complete checkpoint starts again, as one never started does
+    has_checkpoint = bool(complete_checkpoints(folder / "checkpoints"))
     return train_preference_model(derived, _PrefixedWriter(writer, name, folder), resume=resume and has_checkpoint)
 
 

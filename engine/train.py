@@ -90,11 +90,16 @@ def check_vocabulary(tokenizer, model_source: str, trust_remote_code: bool = Fal
                          f"{rows}; use the model's own tokenizer (leave model.tokenizer unset)")
 
 
-def last_checkpoint(folder: Path) -> Path:
-    """The newest complete checkpoint under `folder`. The trainer writes trainer_state.json last, so a folder
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The complete `checkpoint-N` folders under `folder`. The trainer writes trainer_state.json last, so a folder
     without it was cut short (killed, or the disk filled up while saving) and is passed over."""
-    complete = [p for p in folder.glob("checkpoint-*")
-                if p.name.removeprefix("checkpoint-").isdigit() and (p / "trainer_state.json").is_file()]
+    return [p for p in folder.glob("checkpoint-*")
+            if p.name.removeprefix("checkpoint-").isdigit() and (p / "trainer_state.json").is_file()]
+
+
+def last_checkpoint(folder: Path) -> Path:
+    """The newest complete checkpoint under `folder` (see complete_checkpoints)."""
+    complete = complete_checkpoints(folder)
     if not complete:
         raise ValueError(f"resume: no complete checkpoint under {folder}; set training.save_every > 0 in a new run "
                          "(checkpoints are written every save_every steps), or start it again without --resume")

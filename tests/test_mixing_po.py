@@ -200,3 +200,23 @@ def test_instant_estimate_is_fast_on_ten_thousand_samples():
         instant_estimate(samples, lam)
     assert (time.perf_counter() - start) / 20 < 0.05
 
+
+
+def test_resume_trains_an_expert_again_when_its_only_checkpoint_was_cut_short(in_world, tmp_path, monkeypatch):
+    """A checkpoint folder without trainer_state.json (killed while saving) is no resume point: that expert starts
+    again; once a complete checkpoint exists, it resumes."""
+    import engine.train
+    from engine.mixing_po import _train_policy
+
+    asked = []
+    monkeypatch.setattr(engine.train, "train_preference_model",
+                        lambda cfg, writer, resume: asked.append(resume) or tmp_path)
+    writer = RunWriter.create("mix-resume", method="mixing_po", name="resume", config={}, kind="train")
+    folder = tmp_path / "expert"
+    checkpoint = folder / "checkpoints" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    train = "demo/prefs_sentiment_train.parquet"
+    _train_policy(_config(), writer, "sentiment", train, None, folder, resume=True, limit=None)
+    (checkpoint / "trainer_state.json").write_text("{}", encoding="utf-8")
+    _train_policy(_config(), writer, "sentiment", train, None, folder, resume=True, limit=None)
+    assert asked == [False, True]
