@@ -66,7 +66,7 @@ from engine.magnetic import (MirrorDescentTrace, empirical_gap, magnetic_mirror_
 from engine.models import load_model, load_tokenizer, resolve_device, resolve_dtype
 from engine.rollouts import Rollout, VLLMEngine, engine_checkpoint, sample, token_logps
 from engine.store import RunWriter
-from engine.train import TrainingDiverged
+from engine.train import TrainingDiverged, weights_dtype
 
 EVAL_TEMPERATURE = SamplingParams().temperature  # held-out comparisons decode as every other evaluation does
 GAP_PROMPTS = 16  # fixed held-out prompts whose sampled pools give magmpo/gap
@@ -330,9 +330,8 @@ def train_magnetic(cfg: RunConfig, writer: RunWriter, resume: bool = False) -> P
     tokenizer_path = resolve_source(cfg.model.tokenizer or cfg.model.path)
     tokenizer = load_tokenizer(tokenizer_path)
     lora = dataclasses.asdict(cfg.model.lora) if cfg.model.lora is not None else None
-    # fp32 master weights for full fine-tuning on CUDA, bf16 autocast for the matmuls (stack notes)
-    dtype = "float32" if on_cuda and lora is None else cfg.model.dtype
-    policy = load_model(resolve_source(cfg.model.path), dtype=dtype, device=device, lora=lora,
+    # fp32 master weights for full fine-tuning (bf16 autocast for the matmuls on CUDA), as the DPO-family recipe
+    policy = load_model(resolve_source(cfg.model.path), dtype=weights_dtype(cfg), device=device, lora=lora,
                         trust_remote_code=cfg.model.trust_remote_code)
     # one engine for the whole job (building one takes minutes on a GPU); the policy's weights replace its own
     engine = None if backend == "transformers" else VLLMEngine(
