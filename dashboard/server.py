@@ -1,6 +1,7 @@
 """The dashboard as a person sees it: `streamlit run app.py` in a subprocess on a free local port, opened in
-headless Chromium through Playwright. Used by the browser test (tests/test_browser.py) and the dashboard benchmark
-(bench/dashboard.py); neither the pages nor the engine import it.
+headless Chromium through Playwright, and what its pages drew read back from the browser. Used by the browser test
+(tests/test_browser.py), the tour (dashboard/tour.py) and the dashboard benchmark (bench/dashboard.py); neither the
+pages nor the engine import it.
 
 Chromium is Debian's (`make browser` installs it at /usr/bin/chromium): Playwright's own browser download is never
 used, so nothing is fetched from the network.
@@ -28,6 +29,24 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 HEALTH_TIMEOUT_S = 60.0
+# Rows of a dashboard table as {column: text}: st.dataframe draws on a canvas and mirrors its cells in an
+# accessible grid, which is what is read here.
+GRID_JS = """key => {
+    const root = document.querySelector(`.st-key-table_${key}`);
+    if (!root) return null;
+    const heads = [...root.querySelectorAll('[role=columnheader]')].map(h => h.textContent.trim());
+    return [...root.querySelectorAll('[role=row]')]
+        .map(r => [...r.querySelectorAll('[role=gridcell]')].map(c => c.textContent))
+        .filter(cells => cells.length)
+        .map(cells => Object.fromEntries(cells.map((v, i) => [heads[i], v])));
+}"""
+# A plotly chart as drawn (plotly has decoded the typed arrays by then): its title and traces.
+CHART_JS = """key => {
+    const plot = document.querySelector(`.st-key-chart_${key} .js-plotly-plot`);
+    if (!plot || !plot._fullData) return null;
+    return {title: (plot._fullLayout.title.text || "").replace(/<[^>]*>/g, ""),  // Streamlit's theme adds <b>
+            traces: plot._fullData.map(t => ({name: t.name, x: Array.from(t.x || []), y: Array.from(t.y || [])}))};
+}"""
 
 
 def free_port() -> int:
@@ -108,3 +127,30 @@ def screenshot(page: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path))
     page.set_viewport_size(size)
+
+
+def settle(page: Any, timeout_ms: float) -> None:
+    """Wait until the script run that the last action started has finished."""
+    page.wait_for_timeout(300)
+    page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden", timeout=timeout_ms)
+
+
+def open_page(page: Any, title: str, timeout_ms: float) -> None:
+    """Go to a page through the sidebar, as a person would (the session and its state carry over)."""
+    page.locator("[data-testid=stSidebarNav]").get_by_role("link", name=title).click(timeout=timeout_ms)
+    page.get_by_role("heading", name=title, exact=True).wait_for(timeout=timeout_ms)
+    settle(page, timeout_ms)
+
+
+def read_grid(page: Any, key: str, timeout_ms: float) -> list[dict[str, str]]:
+    """The rows drawn of the table keyed ``key`` (widgets.table), as {column: text}; a long table draws only the
+    rows in view."""
+    page.locator(f".st-key-table_{key} [role=gridcell]").first.wait_for(state="attached", timeout=timeout_ms)
+    return page.evaluate(GRID_JS, key) or []
+
+
+def read_chart(page: Any, key: str, timeout_ms: float) -> dict[str, Any]:
+    """The chart keyed ``key`` (widgets.chart) as drawn: {"title": text, "traces": {name: {name, x, y}}}."""
+    page.wait_for_function(f"() => ({CHART_JS})('{key}') !== null", timeout=timeout_ms)
+    chart = page.evaluate(CHART_JS, key) or {"title": "", "traces": []}  # None: redrawn in between
+    return {"title": chart["title"], "traces": {t["name"]: t for t in chart["traces"]}}

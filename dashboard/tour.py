@@ -13,23 +13,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dashboard.server import chromium, screenshot, serve
+from dashboard.server import chromium, open_page, read_chart, read_grid, screenshot, serve, settle
 from engine.paths import REPO_ROOT, data_dir
 
 PAGES = ("Runs", "Compare", "Pareto", "Mixer", "Generations")
 TIMEOUT_MS = 90_000  # the first visit imports every module a page needs: slow on a busy 2-core machine
-# What each page drew, read from the DOM: plotly keeps the traces it plotted on its element; st.dataframe mirrors
-# its cells in an accessible grid.
-CHART_JS = """key => {
-    const plot = document.querySelector(`.st-key-chart_${key} .js-plotly-plot`);
-    if (!plot || !plot._fullData) return null;
-    return {title: (plot._fullLayout.title.text || "").replace(/<[^>]*>/g, ""),  // Streamlit's theme adds <b>
-            traces: plot._fullData.map(t => ({name: t.name, x: Array.from(t.x || []), y: Array.from(t.y || [])}))};
-}"""
-GRID_ROWS_JS = """key => {
-    const root = document.querySelector(`.st-key-table_${key}`);
-    return root ? root.querySelectorAll('[role=row] [role=gridcell]:first-child').length : null;
-}"""
 # What each page is judged by: (page, chart key, table key, the widget drawn last once the script run is over).
 SHOWN = (("Runs", "live_metrics", "runs", "diff_b"), ("Compare", "eval_win_rates", "leaderboard", "cmp_smoothing"),
          ("Pareto", "pareto", "pareto_points", None), ("Mixer", "mixer_pareto", None, "mixer_generate"),
@@ -44,30 +32,24 @@ def tour(url: str, out: Path) -> dict[str, dict[str, Any]]:
     with chromium(width=1400, height=900) as page:
         page.goto(url)
         for title, chart_key, table_key, last in SHOWN:
-            page.locator("[data-testid=stSidebarNav]").get_by_role("link", name=title).click(timeout=TIMEOUT_MS)
-            page.get_by_role("heading", name=title, exact=True).wait_for(timeout=TIMEOUT_MS)
+            open_page(page, title, TIMEOUT_MS)
             if last:
                 page.locator(f".st-key-{last}").wait_for(timeout=TIMEOUT_MS)
-            page.wait_for_timeout(300)
-            page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden", timeout=TIMEOUT_MS)
+                settle(page, TIMEOUT_MS)
             if title == "Runs":
                 _chart_newest_training(page)
             facts: dict[str, Any] = {"errors": page.locator("[data-testid=stException]").all_inner_texts()}
             if chart_key:
-                page.wait_for_function(f"() => ({CHART_JS})('{chart_key}') !== null", timeout=TIMEOUT_MS)
-                chart = page.evaluate(CHART_JS, chart_key)
-                facts["chart"] = {"title": chart["title"], "traces": {t["name"]: t for t in chart["traces"]}}
+                facts["chart"] = read_chart(page, chart_key, TIMEOUT_MS)
             if table_key:
-                page.locator(f".st-key-table_{table_key} [role=gridcell]").first.wait_for(state="attached",
-                                                                                          timeout=TIMEOUT_MS)
-                facts["rows"] = page.evaluate(GRID_ROWS_JS, table_key)
+                facts["rows"] = len(read_grid(page, table_key, TIMEOUT_MS))
             screenshot(page, out / f"{title.lower()}.png")
             seen[title] = facts
     return seen
 
 
 def _chart_newest_training(page: Any) -> None:
-    """Pick the newest training run in the Runs page's chart selector, as a person would: type its id, press Enter
+    """Pick the newest training run in the Runs page's chart selector, as a person would: type its id, click its option
     (nothing is charted by default once no job runs)."""
     from engine.runner import list_jobs
 
@@ -75,10 +57,10 @@ def _chart_newest_training(page: Any) -> None:
     if newest is None:
         return
     page.locator(".st-key-live_runs input").fill(newest)
-    page.keyboard.press("Enter")
+    # click the filtered option once it is listed: Enter pressed before the list filters would select nothing
+    page.get_by_role("option").filter(has_text=newest).first.click(timeout=TIMEOUT_MS)
     page.keyboard.press("Escape")
-    page.wait_for_timeout(300)
-    page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden", timeout=TIMEOUT_MS)
+    settle(page, TIMEOUT_MS)
 
 
 def main(argv: list[str] | None = None) -> int:

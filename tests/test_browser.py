@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from dashboard.server import chromium, screenshot, serve
+from dashboard.server import GRID_JS, chromium, open_page, read_chart, read_grid, screenshot, serve, settle
 from engine.paths import REPO_ROOT
 from engine.store import StoreReader, read_run
 from tests.test_dashboard_store import JUDGE_WINS, OUTPUTS, SCRIPT_OUTPUT, fill_store, mixing_samples
@@ -23,25 +23,6 @@ from tests.test_dashboard_store import JUDGE_WINS, OUTPUTS, SCRIPT_OUTPUT, fill_
 SHOTS = REPO_ROOT / "artifacts" / "browser"
 TRAIN_TIMEOUT_MS = 150_000
 UI_TIMEOUT_MS = 30_000
-
-# Rows of a dashboard table as {column: text}: st.dataframe draws on a canvas and mirrors its cells in an
-# accessible grid, which is what is read here.
-GRID_JS = """key => {
-    const root = document.querySelector(`.st-key-table_${key}`);
-    if (!root) return null;
-    const heads = [...root.querySelectorAll('[role=columnheader]')].map(h => h.textContent.trim());
-    return [...root.querySelectorAll('[role=row]')]
-        .map(r => [...r.querySelectorAll('[role=gridcell]')].map(c => c.textContent))
-        .filter(cells => cells.length)
-        .map(cells => Object.fromEntries(cells.map((v, i) => [heads[i], v])));
-}"""
-# Traces of a plotly chart as drawn (plotly has decoded the typed arrays by then).
-TRACES_JS = """key => {
-    const plot = document.querySelector(`.st-key-chart_${key} .js-plotly-plot`);
-    if (!plot || !plot._fullData) return null;
-    return plot._fullData.map(t => ({name: t.name, x: t.x ? Array.from(t.x) : [], y: t.y ? Array.from(t.y) : []}));
-}"""
-
 
 @pytest.fixture(scope="module")
 def app(tiny_world, tmp_path_factory):
@@ -65,26 +46,19 @@ def app(tiny_world, tmp_path_factory):
 
 
 def _open(page, title: str) -> None:
-    """Go to a page through the sidebar, as a person would (the session and its state carry over)."""
-    page.locator("[data-testid=stSidebarNav]").get_by_role("link", name=title).click()
-    page.get_by_role("heading", name=title, exact=True).wait_for(timeout=UI_TIMEOUT_MS)
-    _settle(page)
+    open_page(page, title, UI_TIMEOUT_MS)
 
 
 def _settle(page) -> None:
-    """Wait until the script run that the last action started has finished."""
-    page.wait_for_timeout(300)
-    page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden", timeout=UI_TIMEOUT_MS)
+    settle(page, UI_TIMEOUT_MS)
 
 
 def _grid(page, key: str) -> list[dict]:
-    page.locator(f".st-key-table_{key} [role=gridcell]").first.wait_for(state="attached", timeout=UI_TIMEOUT_MS)
-    return page.evaluate(GRID_JS, key)
+    return read_grid(page, key, UI_TIMEOUT_MS)
 
 
 def _traces(page, key: str) -> dict[str, dict]:
-    page.wait_for_function(f"() => ({TRACES_JS})('{key}') !== null", timeout=UI_TIMEOUT_MS)
-    return {t["name"]: t for t in page.evaluate(TRACES_JS, key) or []}  # None: redrawn in between
+    return read_chart(page, key, UI_TIMEOUT_MS)["traces"]
 
 
 def _metrics(page) -> list[float]:
