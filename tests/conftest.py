@@ -1,4 +1,6 @@
-"""Shared fixtures: every test that touches files gets its own data folder."""
+"""Shared fixtures: a data folder per test, and the tiny worlds built once per test session."""
+
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,29 @@ def tiny_world(tmp_path_factory):
     from tests.worlds import build_tiny_world
 
     return build_tiny_world(tmp_path_factory.mktemp("tiny_world"))
+
+
+@pytest.fixture(scope="session")
+def demo_world(tmp_path_factory) -> dict:
+    """The "test"-scale demo world (engine.data.prepare) in its own PREFLAB_DATA folder; paths by artifact name."""
+    from engine.data.prepare import prepare_demo
+
+    root = tmp_path_factory.mktemp("demo_world")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFLAB_DATA", str(root))
+        world = prepare_demo(scale="test", progress=False)
+    return {**world, "root": str(root)}
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer trained on a few hundred synthetic reviews, saved to a folder."""
+    from engine.data.demo import generate_corpus
+    from engine.models import train_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny_tokenizer")
+    train_tokenizer(generate_corpus(300, seed=5)["text"].tolist(), vocab_size=600).save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import pytest
 
 from engine.data.demo import MAX_WORDS, generate_corpus, prompt_of
 from engine.judges import get_scorer
-from tests.fixtures_demo import demo_world  # noqa: F401  (pytest fixture)
 
 PREF_COLUMNS = ["prompt", "chosen", "rejected", "score_chosen", "score_rejected"]
 
@@ -50,7 +49,7 @@ def test_sentiment_judge_agrees_with_generator_labels():
     assert agreement >= 0.95, agreement
 
 
-def test_sft_perplexity_is_at_most_half_of_unigram(demo_world):  # noqa: F811
+def test_sft_perplexity_is_at_most_half_of_unigram(demo_world):
     from engine.models import load_model, load_tokenizer, perplexity
 
     tokenizer = load_tokenizer(demo_world["sft"])
@@ -70,7 +69,7 @@ def test_sft_perplexity_is_at_most_half_of_unigram(demo_world):  # noqa: F811
     assert sft <= 0.5 * unigram, (sft, unigram)
 
 
-def test_every_pair_is_ordered_by_its_objective(demo_world):  # noqa: F811
+def test_every_pair_is_ordered_by_its_objective(demo_world):
     for objective in ("sentiment", "conciseness"):
         scorer = get_scorer(objective)
         for split in ("train", "test"):
@@ -83,7 +82,7 @@ def test_every_pair_is_ordered_by_its_objective(demo_world):  # noqa: F811
             np.testing.assert_allclose(rejected, frame["score_rejected"])
 
 
-def test_union_set_and_heldout_prompts(demo_world):  # noqa: F811
+def test_union_set_and_heldout_prompts(demo_world):
     for split in ("train", "test"):
         union = pd.read_parquet(demo_world[f"prefs_all_{split}"])
         parts = [pd.read_parquet(demo_world[f"prefs_{o}_{split}"]).assign(objective=o)
@@ -96,7 +95,7 @@ def test_union_set_and_heldout_prompts(demo_world):  # noqa: F811
     assert set(evaluation["prompt"]) <= heldout_prompts
 
 
-def test_objectives_disagree_on_common_pairs(demo_world):  # noqa: F811
+def test_objectives_disagree_on_common_pairs(demo_world):
     def winners(objective):
         frame = pd.concat([pd.read_parquet(demo_world[f"prefs_{objective}_{s}"]) for s in ("train", "test")])
         return {(r.prompt, frozenset((r.chosen, r.rejected))): r.chosen for r in frame.itertuples()}
@@ -108,7 +107,7 @@ def test_objectives_disagree_on_common_pairs(demo_world):  # noqa: F811
     assert 0.2 <= disagree <= 0.8, disagree  # a real trade-off, yet not two mirror images
 
 
-def test_prepare_is_cached_and_rebuilds_only_what_is_missing(demo_world, monkeypatch):  # noqa: F811
+def test_prepare_is_cached_and_rebuilds_only_what_is_missing(demo_world, monkeypatch):
     from engine.data.prepare import prepare_demo
 
     monkeypatch.setenv("PREFLAB_DATA", demo_world["root"])

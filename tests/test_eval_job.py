@@ -15,9 +15,10 @@ from engine.data.demo import generate_corpus
 from engine.eval_job import eval_command, evaluate_models, mean_ci, resolve_models, reward_margins
 from engine.evaluation import ELO_PER_LOGIT, bradley_terry, length_controlled_win_rate, win_rate
 from engine.judges import lexicon_polarity
-from engine.models import LMSpec, tiny_llama, train_lm, train_tokenizer
+from engine.models import LMSpec, train_tokenizer
 from engine.standings import leaderboard, pareto_table
 from engine.store import RunWriter, StoreReader, read_run, run_dir
+from tests.worlds import save_tiny_lm
 
 PARAMS = generation.SamplingParams(max_new_tokens=10, temperature=1.0, seed=3)
 
@@ -32,11 +33,8 @@ def world(tmp_path_factory):
     for name, hidden, seed in (("sft", 32, 0), ("policy", 24, 1)):
         spec = LMSpec(hidden_size=hidden, num_layers=1, num_heads=2, intermediate_size=64, steps=15,
                       batch_size=8, block_size=48, seed=seed)
-        model = tiny_llama(tokenizer, spec)
-        train_lm(model, tokenizer, corpus.text.tolist(), spec, progress=False)
         paths[name] = root / name
-        model.save_pretrained(paths[name])
-        tokenizer.save_pretrained(paths[name])
+        save_tiny_lm(paths[name], tokenizer, spec, corpus.text.tolist())
     short = corpus[corpus.continuation.str.split().str.len() <= 14]  # short pairs keep the scoring passes cheap
     pos, neg = short[short.label == 1].reset_index(), short[short.label == 0].reset_index()
     pairs = pd.DataFrame({"prompt": pos.prompt[:12], "chosen": pos.continuation[:12], "rejected": neg.continuation[:12]})

@@ -16,7 +16,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 from engine.judges import (ConcisenessScorer, JudgeRequestError, LMJudge, OpenAIJudge, RewardModelScorer,
                            ScorerJudge, SentimentScorer, get_judge, get_scorer, lexicon_polarity)
 from engine.models import load_tokenizer
-from tests.fixtures_demo import tiny_tokenizer_dir  # noqa: F401  (pytest fixture)
 
 
 def _sigmoid(x: float) -> float:
@@ -40,7 +39,7 @@ def test_lexicon_polarity_hand_checked(text, expected):
     assert lexicon_polarity(text) == pytest.approx(expected)
 
 
-def test_sentiment_and_conciseness_scores(tiny_tokenizer_dir):  # noqa: F811
+def test_sentiment_and_conciseness_scores(tiny_tokenizer_dir):
     sentiment = SentimentScorer().score(["The film was", "I"], [" great.", " hated it."])
     np.testing.assert_allclose(sentiment, [_sigmoid(0.5 * 1.5), _sigmoid(0.5 * -1.5)])
     assert (ConcisenessScorer().score(["x", "x"], [" one two three", ""]) == [-3.0, 0.0]).all()
@@ -75,7 +74,7 @@ def _save_tiny(model_cls, tokenizer, path, **config):
 
 
 @pytest.mark.parametrize("num_labels", [1, 3])
-def test_reward_model_scorer_matches_unbatched_logits(tiny_tokenizer_dir, tmp_path, num_labels):  # noqa: F811
+def test_reward_model_scorer_matches_unbatched_logits(tiny_tokenizer_dir, tmp_path, num_labels):
     tok = load_tokenizer(tiny_tokenizer_dir)
     model = _save_tiny(LlamaForSequenceClassification, tok, tmp_path / "rm", num_labels=num_labels)
     prompts, responses = ["The film", "I watched it", "Wow"], [" was dull.", " twice and loved every minute.", "!"]
@@ -94,7 +93,7 @@ def test_reward_model_scorer_matches_unbatched_logits(tiny_tokenizer_dir, tmp_pa
             RewardModelScorer(str(tmp_path / "rm"), label=5)
 
 
-def test_lm_judge_probabilities(tiny_tokenizer_dir, tmp_path):  # noqa: F811
+def test_lm_judge_probabilities(tiny_tokenizer_dir, tmp_path):
     tok = load_tokenizer(tiny_tokenizer_dir)
     model = _save_tiny(LlamaForCausalLM, tok, tmp_path / "judge")
     prompts, a, b = ["The film", "I watched"], [" was dull.", " it twice."], [" was superb, really.", " it."]

@@ -14,10 +14,11 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 from engine.config import config_from_dict, load_config
 from engine.data.demo import generate_corpus
 from engine.magnetic import cyclic_game, magnetic_mirror_descent, multiplicative_weights
-from engine.models import LMSpec, load_model, load_tokenizer, tiny_llama, train_lm, train_tokenizer
+from engine.models import LMSpec, load_model, load_tokenizer, train_tokenizer
 from engine.store import RunWriter
 from engine.trainers.magnetic_po import (SelfPlay, k3_kl, log_game_trace, sample, self_play_advantages,
                                          token_logps, train_magnetic)
+from tests.worlds import save_tiny_lm
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SPEC = LMSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, steps=40, batch_size=16,
@@ -43,11 +44,7 @@ def world(tmp_path_factory, one_torch_thread):
     root = tmp_path_factory.mktemp("magnetic_world")
     corpus = generate_corpus(300, seed=0)
     tokenizer = train_tokenizer(corpus.text.tolist(), vocab_size=350, model_max_length=128)
-    model = tiny_llama(tokenizer, SPEC)
-    train_lm(model, tokenizer, corpus.text.tolist(), SPEC, progress=False)
-    (root / "models" / "sft").mkdir(parents=True)
-    model.save_pretrained(root / "models" / "sft")
-    tokenizer.save_pretrained(root / "models" / "sft")
+    save_tiny_lm(root / "models" / "sft", tokenizer, SPEC, corpus.text.tolist())
     reward = LlamaForSequenceClassification(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id))

@@ -14,8 +14,9 @@ from engine.data.demo import generate_corpus
 from engine.judges import ConcisenessScorer, SentimentScorer
 from engine.mixing import mirror_descent_weights
 from engine.mixing_samples import MixingSamples, balance, instant_estimate, load_samples, simplex_grid
-from engine.models import LMSpec, tiny_llama, train_lm, train_tokenizer
+from engine.models import LMSpec, train_tokenizer
 from engine.store import RunWriter, StoreReader
+from tests.worlds import save_tiny_lm
 
 OBJECTIVES = ("sentiment", "conciseness")
 EXTRAS = {"num_prompts": 6, "eval_prompts": 4, "eval_samples_per_prompt": 3, "grid_size": 4, "sir_candidates": 3,
@@ -36,10 +37,7 @@ def world(tmp_path_factory):
         tokenizer = train_tokenizer(corpus["text"].tolist(), vocab_size=400)
         spec = LMSpec(hidden_size=48, num_layers=1, num_heads=2, intermediate_size=96, steps=80, batch_size=16,
                       block_size=64, lr=1e-2)
-        model = tiny_llama(tokenizer, spec)
-        train_lm(model, tokenizer, corpus["text"].tolist()[:400], spec, progress=False)
-        model.save_pretrained(root / "models" / "sft")
-        tokenizer.save_pretrained(root / "models" / "sft")
+        model = save_tiny_lm(root / "models" / "sft", tokenizer, spec, corpus["text"].tolist()[:400])
         prompts = corpus["prompt"].tolist()
         build_preference_sets(model, tokenizer, {"train": prompts[:48], "test": prompts[48:56]}, root / "demo",
                               max_new_tokens=12, progress=False)

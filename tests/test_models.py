@@ -17,7 +17,6 @@ from transformers import PreTrainedTokenizerFast
 
 from engine.models import (LMSpec, LoraSettings, load_model, load_tokenizer, perplexity, resolve_dtype, tiny_llama,
                            torch_threads)
-from tests.fixtures_demo import demo_world, tiny_tokenizer_dir  # noqa: F401  (pytest fixtures)
 
 _RELOAD_SCRIPT = """
 import json, sys, torch
@@ -38,7 +37,7 @@ json.dump({"ids": ids[0].tolist(), "logits": logits.tolist(), "padding_side": to
 """
 
 
-def test_tokenizer_special_tokens_and_round_trip(tiny_tokenizer_dir):  # noqa: F811
+def test_tokenizer_special_tokens_and_round_trip(tiny_tokenizer_dir):
     tok = load_tokenizer(tiny_tokenizer_dir)
     assert len({tok.pad_token_id, tok.bos_token_id, tok.eos_token_id}) == 3
     assert tok.padding_side == "left" and tok.model_max_length == 256
@@ -50,7 +49,7 @@ def test_tokenizer_special_tokens_and_round_trip(tiny_tokenizer_dir):  # noqa: F
     assert batch["input_ids"][0][0] == tok.pad_token_id and batch["attention_mask"][0][0] == 0
 
 
-def test_prompt_tokens_are_a_prefix_of_prompt_plus_continuation(tiny_tokenizer_dir):  # noqa: F811
+def test_prompt_tokens_are_a_prefix_of_prompt_plus_continuation(tiny_tokenizer_dir):
     from engine.data.demo import generate_corpus
 
     tok = load_tokenizer(tiny_tokenizer_dir)
@@ -59,7 +58,7 @@ def test_prompt_tokens_are_a_prefix_of_prompt_plus_continuation(tiny_tokenizer_d
         assert tok(row.text)["input_ids"][: len(prompt_ids)] == prompt_ids
 
 
-def test_save_and_reload_offline_gives_identical_outputs(demo_world, tmp_path):  # noqa: F811
+def test_save_and_reload_offline_gives_identical_outputs(demo_world, tmp_path):
     text = "I watched Silent River last night. The acting was"
     tok, model = load_tokenizer(demo_world["sft"]), load_model(demo_world["sft"])
     ids = tok([text], return_tensors="pt")["input_ids"]
@@ -78,7 +77,7 @@ def test_save_and_reload_offline_gives_identical_outputs(demo_world, tmp_path): 
     assert "'preflab-test-owner/no-such-model'" in reloaded["hub_error"] and "\n" not in reloaded["hub_error"]
 
 
-def test_second_reference_differs_from_sft(demo_world):  # noqa: F811
+def test_second_reference_differs_from_sft(demo_world):
     sft, ref2 = load_model(demo_world["sft"]), load_model(demo_world["ref2"])
     assert sft.config.hidden_size != ref2.config.hidden_size
     assert load_tokenizer(demo_world["ref2"]).get_vocab() == load_tokenizer(demo_world["sft"]).get_vocab()
@@ -88,7 +87,7 @@ def test_second_reference_differs_from_sft(demo_world):  # noqa: F811
     assert 0.5 * (p - q).abs().sum() > 0.05  # total variation between their next-token distributions
 
 
-def test_perplexity_matches_token_by_token_computation(tiny_tokenizer_dir):  # noqa: F811
+def test_perplexity_matches_token_by_token_computation(tiny_tokenizer_dir):
     tok = load_tokenizer(tiny_tokenizer_dir)
     model = tiny_llama(tok, LMSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=3))
     texts = ["Great fun.", "The plot was not very good, but"]
@@ -103,7 +102,7 @@ def test_perplexity_matches_token_by_token_computation(tiny_tokenizer_dir):  # n
     assert perplexity(model, tok, texts, batch_size=2) == pytest.approx(math.exp(nll / count), rel=1e-4)
 
 
-def test_lora_wraps_model_and_starts_as_identity(demo_world):  # noqa: F811
+def test_lora_wraps_model_and_starts_as_identity(demo_world):
     base = load_model(demo_world["sft"])
     wrapped = load_model(demo_world["sft"], lora={"r": 4, "alpha": 8, "dropout": 0.0,
                                                   "target_modules": ["q_proj", "v_proj"]})
@@ -117,7 +116,7 @@ def test_lora_wraps_model_and_starts_as_identity(demo_world):  # noqa: F811
         LoraSettings(r=0)
 
 
-def test_loader_errors_name_the_field(tmp_path, tiny_tokenizer_dir):  # noqa: F811
+def test_loader_errors_name_the_field(tmp_path, tiny_tokenizer_dir):
     with pytest.raises(ValueError, match="does not exist"):
         load_model(tmp_path / "missing" / "model")
     with pytest.raises(ValueError, match="does not exist"):
@@ -135,7 +134,7 @@ def test_loader_errors_name_the_field(tmp_path, tiny_tokenizer_dir):  # noqa: F8
         resolve_dtype("float8", torch.device("cpu"))
 
 
-def test_dtype_and_threads_defaults(demo_world):  # noqa: F811
+def test_dtype_and_threads_defaults(demo_world):
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert next(load_model(demo_world["sft"], dtype="bf16").parameters()).dtype == torch.bfloat16

@@ -29,6 +29,17 @@ class TinyWorld:
     prompts: Path
 
 
+def save_tiny_lm(folder: Path, tokenizer, spec: LMSpec, texts: list[str] | None = None):
+    """A tiny Llama of `spec`, trained on `texts` when given (left random otherwise), saved with its tokenizer in
+    `folder`; returns the model."""
+    model = tiny_llama(tokenizer, spec)
+    if texts:
+        train_lm(model, tokenizer, texts, spec, progress=False)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
 def sentiment_pairs(corpus: pd.DataFrame) -> pd.DataFrame:
     """Pairs sharing a prompt where the chosen continuation comes from a positive review, the rejected a negative."""
     pos = corpus[corpus.label == 1].reset_index(drop=True)
@@ -42,17 +53,11 @@ def build_tiny_world(root: Path) -> TinyWorld:
     corpus = generate_corpus(400, seed=0)
     tokenizer = train_tokenizer(corpus.text.tolist(), vocab_size=400, model_max_length=128)
     other_tokenizer = train_tokenizer(corpus.text.tolist()[:200], vocab_size=320, model_max_length=128)
-    paths = {}
+    paths = {name: root / "models" / name for name in ("sft", "ref2", "other_tok_ref")}
     # Only the SFT model is trained: the other references just need to be different models.
-    for name, spec, tok, steps in (("sft", SPEC, tokenizer, SPEC.steps),
-                                   ("ref2", LMSpec(**{**SPEC.__dict__, "hidden_size": 32, "seed": 1}), tokenizer, 0),
-                                   ("other_tok_ref", SPEC, other_tokenizer, 0)):
-        model = tiny_llama(tok, spec)
-        if steps:
-            train_lm(model, tok, corpus.text.tolist(), spec, progress=False)
-        paths[name] = root / "models" / name
-        model.save_pretrained(paths[name])
-        tok.save_pretrained(paths[name])
+    save_tiny_lm(paths["sft"], tokenizer, SPEC, corpus.text.tolist())
+    save_tiny_lm(paths["ref2"], tokenizer, LMSpec(**{**SPEC.__dict__, "hidden_size": 32, "seed": 1}))
+    save_tiny_lm(paths["other_tok_ref"], other_tokenizer, SPEC)
     pairs = sentiment_pairs(corpus)
     (root / "demo").mkdir(parents=True, exist_ok=True)
     train, test = root / "demo" / "prefs_train.parquet", root / "demo" / "prefs_test.parquet"
