@@ -165,9 +165,10 @@ def run_in_subprocess(entry: str, setup: Setup) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-def random_model(shape: str, tokenizer_from: str, folder: Path) -> str:
-    """Save a randomly initialised Llama of ``HIDDEN,LAYERS`` (4x MLP, 64-dim heads) with the tokenizer of
-    ``tokenizer_from`` into ``folder``; returns its path. Random weights train at the same speed as trained ones."""
+def random_models(shape: str, tokenizer_from: str, folder: Path, count: int = 3) -> list[str]:
+    """Save ``count`` randomly initialised Llamas of ``HIDDEN,LAYERS`` (4x MLP, 64-dim heads; seeds 0, 1, ...) with
+    the tokenizer of ``tokenizer_from`` into subfolders of ``folder``; returns their paths: the policy, then the
+    secondary references. Random weights train at the same speed as trained ones."""
     from engine.models import LMSpec, load_tokenizer, tiny_llama
 
     try:
@@ -175,12 +176,15 @@ def random_model(shape: str, tokenizer_from: str, folder: Path) -> str:
     except ValueError:
         raise SystemExit(f"--shape: expected HIDDEN,LAYERS such as 512,8 (got {shape!r})") from None
     tokenizer = load_tokenizer(tokenizer_from)
-    model = tiny_llama(tokenizer, LMSpec(hidden_size=hidden, num_layers=layers, num_heads=max(1, hidden // 64),
-                                         intermediate_size=4 * hidden))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    print(f"random Llama {shape}: {model.num_parameters() / 1e6:.1f}M parameters", flush=True)
-    return str(folder)
+    paths = []
+    for seed in range(count):
+        model = tiny_llama(tokenizer, LMSpec(hidden_size=hidden, num_layers=layers, num_heads=max(1, hidden // 64),
+                                             intermediate_size=4 * hidden, seed=seed))
+        paths.append(str(folder / f"seed{seed}"))
+        model.save_pretrained(paths[-1])
+        tokenizer.save_pretrained(paths[-1])
+    print(f"{count} random Llamas {shape}: {model.num_parameters() / 1e6:.1f}M parameters each", flush=True)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(models_dir() / "sft"))
     parser.add_argument("--refs", default=str(models_dir() / "ref2"),
-                        help="comma-separated secondary references for MRPO (reused when fewer than 2 are given)")
+                        help="comma-separated secondary references for MRPO; with one, K=3 adds a randomly "
+                        "initialised model of its shape")
     parser.add_argument("--pairs", default=str(demo_dir() / "prefs_sentiment_train.parquet"))
     parser.add_argument("--n-pairs", type=int, default=256)
     parser.add_argument("--epochs", type=float, default=2.0)
@@ -198,23 +203,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", help="weights dtype of every entry (auto: bf16 on CUDA)")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the steady step throughput")
     parser.add_argument("--threads", type=int, help="torch threads per entry (default: torch's; 1 on a shared CPU)")
-    parser.add_argument("--shape", help="HIDDEN,LAYERS: a randomly initialised Llama of that shape with the demo "
-                        "tokenizer replaces --model and --refs (on CPU, a model whose weights, not the libraries, "
-                        "dominate peak memory: e.g. 512,8 has 26M parameters)")
+    parser.add_argument("--shape", help="HIDDEN,LAYERS: three randomly initialised Llamas of that shape (seeds 0-2) "
+                        "with the demo tokenizer replace --model and --refs (on CPU, models whose weights, not the "
+                        "libraries, dominate peak memory: e.g. 512,8 has 34M parameters)")
     parser.add_argument("--entries", default=",".join(ENTRIES))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one entry and print JSON
     args = parser.parse_args(argv)
-    if args.shape and not args.one:
-        with tempfile.TemporaryDirectory() as folder:
-            args.model = args.refs = random_model(args.shape, args.model, Path(folder))
-            return compare(args)
-    return compare(args)
+    if args.one:
+        return compare(args)
+    with tempfile.TemporaryDirectory() as folder:
+        if args.shape:
+            args.model, *refs = random_models(args.shape, args.model, Path(folder))
+        else:
+            refs = args.refs.split(",")
+            if len(refs) < 2:  # MRPO refuses a reference listed twice
+                refs.append(random_like(refs[0], Path(folder) / "random_ref"))
+        args.refs = ",".join(refs)
+        return compare(args)
+
+
+def random_like(source: str, folder: Path) -> str:
+    """Save a randomly initialised model with the architecture and tokenizer of ``source``; returns its path."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.models import load_tokenizer
+
+    torch.manual_seed(1)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source)).save_pretrained(folder)
+    load_tokenizer(source).save_pretrained(folder)
+    print(f"third MRPO reference: a randomly initialised copy of {source}'s architecture", flush=True)
+    return str(folder)
 
 
 def compare(args: argparse.Namespace) -> int:
     """Every entry of ``args.entries`` in its own process, then the ratios (or one entry here, with --one)."""
     refs = args.refs.split(",")
-    setup = Setup(args.model, tuple((refs * 2)[:2]), args.pairs, args.n_pairs, args.epochs, args.batch,
+    setup = Setup(args.model, (refs[0], refs[1]), args.pairs, args.n_pairs, args.epochs, args.batch,
                   args.max_length, args.dtype, args.warmup, args.threads)
     if args.one:
         from engine.models import torch_threads

@@ -7,6 +7,7 @@ ConfigError naming the field. `engine.config` builds them from YAML/JSON.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -65,8 +66,14 @@ class MRPOParams:
         if len(self.references) < 2:
             raise ConfigError(f"{where}.references: mrpo needs at least 2 references (got {len(self.references)})")
         # references[0] must be the policy's start model: checked against model.path in _config_from_dict.
+        seen: dict[str, int] = {}
         for i, ref in enumerate(self.references):
             check_model_ref(f"{where}.references[{i}]", ref)
+            key = os.path.normpath(ref)
+            if key in seen:  # a repeat only re-weights that model, at the cost of a whole scoring pass
+                raise ConfigError(f"{where}.references[{i}]: {ref!r} is already references[{seen[key]}]; list each "
+                                  "reference model once (use alpha to weight one more)")
+            seen[key] = i
         positive(where, "beta", self.beta)
         if self.alpha is not None:
             if len(self.alpha) != len(self.references):

@@ -71,6 +71,8 @@ BAD = [
     ({"method": "dpo", "data": {"train": "demo/nothing.parquet"}}, "data.train: no data at"),
     ({"method": "mrpo", "mrpo": {"references": ["models/sft"]}}, "mrpo.references: mrpo needs at least 2"),
     ({"method": "mrpo", "mrpo": {"references": ["models/ref2", "models/sft"]}}, "mrpo.references[0]: the primary"),
+    ({"method": "mrpo", "mrpo": {"references": ["models/sft", "models/ref2", "models/ref2/"]}},
+     "mrpo.references[2]: 'models/ref2/' is already references[1]; list each reference model once"),
     ({"method": "mrpo", "mrpo": {"alpha": [0.7, 0.7]}}, "mrpo.alpha: weights must be >= 0 and sum to 1"),
     ({"method": "mrpo", "mrpo": {"alpha": [1.2, -0.2]}}, "mrpo.alpha: weights must be >= 0 and sum to 1"),
     ({"method": "mallows_po", "mallows_po": {"variant": "gamma"}}, "mallows_po.variant: must be one of theta, phi"),
