@@ -56,8 +56,10 @@ def _chart_newest_training(page: Any) -> None:
     newest = next((j["run_id"] for j in list_jobs() if j["kind"] == "train"), None)
     if newest is None:
         return
-    page.locator(".st-key-live_runs input").fill(newest)
-    # click the filtered option once it is listed: Enter pressed before the list filters would select nothing
+    # Typed key by key after a click, as a person does: `fill` sets the value without the key events the select
+    # filters on, and left the list empty. The option is clicked once listed: an early Enter selected nothing.
+    page.locator(".st-key-live_runs input").click(timeout=TIMEOUT_MS)
+    page.keyboard.type(newest)
     page.get_by_role("option").filter(has_text=newest).first.click(timeout=TIMEOUT_MS)
     page.keyboard.press("Escape")
     settle(page, TIMEOUT_MS)
