@@ -272,3 +272,14 @@ def test_vllm_ready_merges_lora_adapters(tmp_path):
         merged = load_model(ready["a"])(ids).logits
         plain = load_model(tmp_path / "base")(ids).logits
     assert torch.allclose(merged, expected, atol=1e-5) and not torch.allclose(merged, plain, atol=1e-3)
+
+
+def test_demo_run_command_reports_the_wall_time(monkeypatch, capsys):
+    """The stages run side by side, so their seconds overlap: the command reports the pipeline's own wall time."""
+    import engine.demo_pipeline
+    from engine.__main__ import main
+
+    seconds = {"prepare": 40.0, "dpo_sentiment": 70.0, "mixing": 250.0, "eval": 20.0, "total": 310.0}
+    monkeypatch.setattr(engine.demo_pipeline, "demo_run", lambda *args, **kwargs: {"run_id": "r1", "seconds": seconds})
+    assert main(["demo", "run"]) == 0
+    assert "demo finished in 310 s as run r1" in capsys.readouterr().out
