@@ -59,7 +59,7 @@ SCALES: dict[str, DemoScale] = {
                            "batch_size": 16, "lr": 3e-3, "seed": 0},
                       ref2={"hidden_size": 96, "num_layers": 2, "intermediate_size": 256, "steps": 100,
                             "batch_size": 16, "lr": 3e-3, "seed": 1, "negative_share": 0.5},
-                      n_pref_train=1000, n_pref_test=200, n_eval_prompts=200, max_new_tokens=80),
+                      n_pref_train=2000, n_pref_test=200, n_eval_prompts=200, max_new_tokens=80),
     "test": DemoScale(n_train_reviews=1000, n_heldout_reviews=100, vocab_size=2048,
                       sft={"hidden_size": 64, "num_layers": 2, "intermediate_size": 192, "steps": 60,
                            "batch_size": 16, "block_size": 64, "lr": 5e-3, "seed": 0},
