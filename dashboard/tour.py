@@ -16,7 +16,6 @@ from typing import Any
 from dashboard.server import chromium, open_page, read_chart, read_grid, screenshot, serve, settle
 from engine.paths import REPO_ROOT, data_dir
 
-PAGES = ("Runs", "Compare", "Pareto", "Mixer", "Generations")
 TIMEOUT_MS = 90_000  # the first visit imports every module a page needs: slow on a busy 2-core machine
 # What each page is judged by: (page, chart key, table key, the widget drawn last once the script run is over).
 SHOWN = (("Runs", "live_metrics", "runs", "diff_b"), ("Compare", "eval_win_rates", "leaderboard", "cmp_smoothing"),

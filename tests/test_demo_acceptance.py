@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from engine.config import load_config
+from engine.evaluation import outcomes_from_probabilities
 from engine.generation import SamplingParams, generate
 from engine.judges import get_judge
 from engine.paths import REPO_ROOT
@@ -51,7 +51,7 @@ def test_trained_policy_beats_sft_on_held_out_sentiment(full_world, method, conf
     prompts = full_world["prompts"]
     trained = generate(str(policy), prompts, SAMPLING).texts
     prob = get_judge("bt:sentiment").prob_a_beats_b(prompts, trained, full_world["sft"])
-    outcomes = np.where(prob > 0.5, 1.0, np.where(prob < 0.5, 0.0, 0.5))  # ties count half, as in evaluation
+    outcomes = outcomes_from_probabilities(prob)  # a win 1, a tie 0.5, as every evaluation counts them
     print(f"{method}: held-out reward accuracy {accuracy:.3f}, sentiment judge prefers it on {outcomes.mean():.3f} "
           f"of {len(prompts)} prompts")
     assert outcomes.mean() > 0.5
