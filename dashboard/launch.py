@@ -109,7 +109,7 @@ def first_run_screen(job: Mapping[str, Any] | None) -> None:
         st.write("The offline demo builds a small review corpus, a tokenizer, two tiny language models and preference "
                  "sets for two objectives (sentiment, conciseness), with no download. **Run the whole demo** then "
                  "trains every method on them, mixes the objectives and evaluates everything against the SFT model "
-                 "(6 minutes measured on a 2-core machine; each finished step is reused).")
+                 "(about 7 minutes measured on a 2-core machine; each finished step is reused).")
         run_col, prepare_col = st.columns(2)
         if run_col.button("Run the whole demo", type="primary", disabled=running, key="run_demo"):
             launch(["demo", "run"], method=DEMO_KIND, name="demo run", kind=DEMO_KIND)
