@@ -11,11 +11,13 @@ PORT ?= 8501
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and alone: a CPU build; a bare `torch` can pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
+	# the project itself, editable: `engine`, `dashboard` and `bench` import from anywhere, no sys.path edits
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 run: $(STAMP)

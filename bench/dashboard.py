@@ -39,8 +39,8 @@ RUNS_TABLE = ".st-key-table_runs [role=gridcell]"
 
 def fill_pages(seed: int = 0) -> None:
     """An evaluation run and a mixing run with samples, in the store PREFLAB_DATA points to."""
-    from engine.mixing_samples import MixingSamples, simplex_grid
-    from engine.store import RunWriter, run_context
+    from engine.recipes.mixing_estimates import MixingSamples, simplex_grid
+    from engine.store.runs import RunWriter, run_context
 
     rng = np.random.default_rng(seed)
     RunWriter.create(EVAL_RUN, method="eval", name="eval vs sft", kind="eval",
@@ -76,12 +76,12 @@ def fill_pages(seed: int = 0) -> None:
         shape = (MIX_PROMPTS, MIX_SAMPLES)
         samples = MixingSamples(list(OBJECTIVES), list(OBJECTIVES), rng.normal(0, 1, (*shape, 2)),
                                 rng.uniform(0, 1, (*shape, 2)), rng.normal(-20, 2, shape), np.full(shape, 12))
-        folder = samples.save(writer.dir / "mixing").parent
+        samples.save(writer.layout.samples)
         pd.DataFrame({"prompt_id": np.repeat(np.arange(MIX_PROMPTS), MIX_SAMPLES),
                       "sample_id": np.tile(np.arange(MIX_SAMPLES), MIX_PROMPTS),
                       "prompt": np.repeat([f"prompt {i}" for i in range(MIX_PROMPTS)], MIX_SAMPLES),
-                      "response": "r"}).to_parquet(folder / "samples.parquet", index=False)
-        (folder / "lambda.json").write_text(json.dumps(dict(zip(OBJECTIVES, (0.6, 0.4)))), encoding="utf-8")
+                      "response": "r"}).to_parquet(writer.layout.sample_texts, index=False)
+        writer.layout.lambda_star.write_text(json.dumps(dict(zip(OBJECTIVES, (0.6, 0.4)))), encoding="utf-8")
         for step in range(MD_STEPS):
             lam = 0.5 + 0.1 * step / MD_STEPS
             writer.log_metrics(step, {f"mix/lambda_{OBJECTIVES[0]}": lam, f"mix/lambda_{OBJECTIVES[1]}": 1 - lam})
@@ -93,7 +93,7 @@ def fill_pages(seed: int = 0) -> None:
 def page_queries() -> dict[str, Callable[[], Any]]:
     """Each function of dashboard/queries.py that a page calls, with the arguments that page passes."""
     from dashboard import queries as q
-    from engine.store import list_run_ids
+    from engine.store.runs import list_run_ids
 
     runs = [r for r in list_run_ids() if r.startswith("large-")][:5]
     prompt = "prompt 0"

@@ -8,7 +8,7 @@ here, no download; the demo tokenizer, so token ids stay below the 151,936-row v
 * train: DPO-family steady step throughput (tokens/s after warm-up steps, bench/train_throughput.py's entries, each
   in a fresh process) and MFU, against stock TRL `DPOTrainer` with and without `precompute_ref_log_probs`; MRPO K=3
   against K=1. 16 sequences x 512 tokens per step.
-* generate: tokens/s at batch 64, 128 new tokens, of engine.generation's transformers backend (what ``cache="auto"``
+* generate: tokens/s at batch 64, 128 new tokens, of engine.decoding.generation's transformers backend (what ``cache="auto"``
   picks, the static bucketed cache eager, and static + torch.compile) against plain ``model.generate``; the first
   (compiling) call is timed apart.
 * mix: mixed decoding of K=3 LoRA experts batched on the shared base, and K=3 separate models, against one policy
@@ -109,7 +109,7 @@ def build_models(size: str, folder: Path, device: str) -> tuple[str, tuple[str, 
     """(policy folder, two reference folders for MRPO, description): Qwen2 shapes on CUDA, the tiny demo model
     (bench/mixing.py's `base_model`) with random tiny references for ``tiny``."""
     from bench.mixing import base_model
-    from engine.models import LMSpec, tiny_llama
+    from engine.data.demo.models import LMSpec, tiny_llama
 
     policy, tokenizer, source = base_model(folder)
     if size == "tiny":
@@ -128,7 +128,7 @@ def long_pairs(tokenizer, n: int, prompt_tokens: int, response_tokens: int, path
     synthetic review corpus (speed only needs realistic lengths, not meaningful preferences); saved as parquet."""
     import pandas as pd
 
-    from engine.data.demo import generate_corpus
+    from engine.data.demo.corpus import generate_corpus
 
     ids = tokenizer(" ".join(generate_corpus(400, seed=3)["text"]), add_special_tokens=False)["input_ids"]
     span = prompt_tokens + 2 * response_tokens
@@ -183,7 +183,7 @@ def train_rows(size: str, policy: str, refs: tuple[str, str], tokenizer, shape: 
 
 def _plain_generate(model, batch: dict, new_tokens: int, eos: int, pad: int):
     """transformers' `generate` as a user calls it (dynamic cache, eager) on already tokenized prompts."""
-    from engine.generation import Generations
+    from engine.decoding.generation import Generations
 
     out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=0,
                          pad_token_id=pad)[:, batch["input_ids"].shape[1]:].tolist()
@@ -192,10 +192,10 @@ def _plain_generate(model, batch: dict, new_tokens: int, eos: int, pad: int):
 
 
 def generate_rows(size: str, policy: str, shape: Shape, device: str) -> list[dict]:
-    """Generation tokens/s of engine.generation's transformers backend against plain `model.generate`."""
+    """Generation tokens/s of engine.decoding.generation's transformers backend against plain `model.generate`."""
     from bench.mixing import time_runs
-    from engine.generation import SamplingParams, decode_plan, generate_transformers
-    from engine.models import load_model, load_tokenizer
+    from engine.decoding.generation import SamplingParams, decode_plan, generate_transformers
+    from engine.models.loading import load_model, load_tokenizer
 
     model, tokenizer = load_model(policy, device=device), load_tokenizer(policy)
     prompts = [f"The movie number {i} was" for i in range(shape.gen_batch)]
@@ -259,7 +259,7 @@ def run_parts(sizes: list[str], parts: list[str], device: str, shape: Shape, pea
               threads: int | None) -> list[dict]:
     """Every asked part for every size, each size's models built once in a temporary folder; rows printed as they
     come."""
-    from engine.models import load_tokenizer
+    from engine.models.loading import load_tokenizer
 
     rows = []
     for size in sizes:
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     import trl
 
-    from engine.models import torch_threads
+    from engine.models.loading import torch_threads
     from engine.paths import REPO_ROOT
 
     cuda = torch.cuda.is_available()

@@ -6,7 +6,7 @@ Side by side in one run, on one base model (the demo's models/sft if built, else
 random LoRA adapters: tokens/s of one policy (the mixture loop with one-hot weights, and transformers' ``generate``
 for reference), of the K-expert mixture with one model and KV cache per expert (adapters merged into full copies),
 and of the K-expert mixture with the adapters batched on the shared base (one forward per token). Ratios are to the
-one-policy loop. Then the latency of ``engine.mixing_samples.instant_estimate`` on 10,000 stored samples.
+one-policy loop. Then the latency of ``engine.recipes.mixing_estimates.instant_estimate`` on 10,000 stored samples.
 Timings are medians of ``--repeats`` interleaved runs, per wall second and per CPU second of this process; with one
 thread on a shared machine the CPU figure is the stable one, and only ratios mean much.
 """
@@ -26,8 +26,9 @@ import numpy as np
 def base_model(folder: Path) -> tuple[str, object, str]:
     """The demo SFT model and tokenizer if present, else a random model of the same shape saved in ``folder``;
     returns (model path, tokenizer, a phrase saying which)."""
-    from engine.data.demo import generate_corpus
-    from engine.models import LMSpec, load_tokenizer, tiny_llama, train_tokenizer
+    from engine.data.demo.corpus import generate_corpus
+    from engine.data.demo.models import LMSpec, tiny_llama, train_tokenizer
+    from engine.models.loading import load_tokenizer
     from engine.paths import models_dir
 
     if (models_dir() / "sft" / "config.json").exists():
@@ -44,7 +45,7 @@ def make_adapters(base: str, folder: Path, k: int) -> dict[str, str]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from engine.models import load_model
+    from engine.models.loading import load_model
 
     paths = {}
     for i in range(k):
@@ -90,8 +91,8 @@ def decoding_speed(batch: int, new_tokens: int, repeats: int, ks: tuple[int, ...
                    warmup: bool = False) -> dict[str, dict | str]:
     """Generated tokens per second for each configuration (median over interleaved repeats, see `time_runs`);
     ``base`` is a (path, tokenizer, description) triple, by default `base_model`'s."""
-    from engine.generation import SamplingParams, generate_transformers
-    from engine.mixed_decoding import REFERENCE, load_policies, sample
+    from engine.decoding.generation import SamplingParams, generate_transformers
+    from engine.decoding.mixture import REFERENCE, load_policies, sample
 
     with tempfile.TemporaryDirectory() as tmp:
         base_path, tokenizer, source = base or base_model(Path(tmp))
@@ -117,7 +118,7 @@ def decoding_speed(batch: int, new_tokens: int, repeats: int, ks: tuple[int, ...
 
 def estimate_latency(n_prompts: int = 250, m: int = 40, k: int = 3, calls: int = 50) -> dict[str, float]:
     """Milliseconds per instant_estimate call on n_prompts x m stored samples (first call and median)."""
-    from engine.mixing_samples import MixingSamples, instant_estimate
+    from engine.recipes.mixing_estimates import MixingSamples, instant_estimate
 
     rng = np.random.default_rng(0)
     names = [f"objective{i}" for i in range(k)]

@@ -23,7 +23,7 @@ METRIC_NAMES = [f"metric_{i}" for i in range(10)]
 
 def _writer(run_id: str, rows: int, data: str, errors: mp.Queue) -> None:
     os.environ["PREFLAB_DATA"] = data
-    from engine.store import RunWriter, run_context
+    from engine.store.runs import RunWriter, run_context
 
     try:
         RunWriter.create(run_id, method="dpo", name=run_id, config={})
@@ -36,7 +36,7 @@ def _writer(run_id: str, rows: int, data: str, errors: mp.Queue) -> None:
 
 def concurrent_writes(writers: int, rows: int, data: str, poll_seconds: float = 0.2) -> dict[str, float]:
     """`writers` processes append `rows` metric rows each while this process polls; returns the counts."""
-    from engine.store import StoreReader
+    from engine.store.runs import StoreReader
 
     errors: mp.Queue = mp.get_context("spawn").Queue()
     ctx = mp.get_context("spawn")
@@ -78,7 +78,7 @@ def build_large_store(data: str, total_rows: int = 1_000_000, runs: int = 20) ->
     import duckdb
 
     os.environ["PREFLAB_DATA"] = data
-    from engine.store import RunWriter
+    from engine.store.runs import RunWriter
 
     steps = total_rows // runs // len(METRIC_NAMES)
     con = duckdb.connect()
@@ -95,7 +95,7 @@ def build_large_store(data: str, total_rows: int = 1_000_000, runs: int = 20) ->
 def query_latencies(data: str, repeats: int = 7) -> dict[str, float]:
     """Median milliseconds of the dashboard's typical queries on a reader that has already listed the files."""
     os.environ["PREFLAB_DATA"] = data
-    from engine.store import StoreReader, list_run_ids
+    from engine.store.runs import StoreReader, list_run_ids
 
     reader = StoreReader()
     runs = list_run_ids()[:5]

@@ -109,9 +109,9 @@ def run_entry(entry: str, setup: Setup, out: str) -> dict:
     from engine.config import config_from_dict
     from engine.data.loaders import load_preferences
     from engine.data.validation import truncate_pairs
-    from engine.models import load_model, load_tokenizer
-    from engine.train import training_arguments
-    from engine.trainers import TRAINERS
+    from engine.methods import get_method
+    from engine.models.loading import load_model, load_tokenizer
+    from engine.recipes.preference import training_arguments
 
     model = setup.model
     method = {"trl_stock": "dpo", "trl_precompute": "dpo", "mrpo_k1": "dpo"}.get(entry, entry.split("_k")[0])
@@ -136,7 +136,7 @@ def run_entry(entry: str, setup: Setup, out: str) -> dict:
         trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer,
                              callbacks=[clock])
     else:
-        trainer = TRAINERS[method](model=policy, args=args, train_dataset=data, processing_class=tokenizer,
+        trainer = get_method(method).load_trainer()(model=policy, args=args, train_dataset=data, processing_class=tokenizer,
                                    method_params=cfg.params, callbacks=[clock])
     built = time.perf_counter()  # model loaded, data tokenized, every reference pass done
     trainer.train()
@@ -169,7 +169,8 @@ def random_models(shape: str, tokenizer_from: str, folder: Path, count: int = 3)
     """Save ``count`` randomly initialised Llamas of ``HIDDEN,LAYERS`` (4x MLP, 64-dim heads; seeds 0, 1, ...) with
     the tokenizer of ``tokenizer_from`` into subfolders of ``folder``; returns their paths: the policy, then the
     secondary references. Random weights train at the same speed as trained ones."""
-    from engine.models import LMSpec, load_tokenizer, tiny_llama
+    from engine.data.demo.models import LMSpec, tiny_llama
+    from engine.models.loading import load_tokenizer
 
     try:
         hidden, layers = (int(v) for v in shape.split(","))
@@ -227,7 +228,7 @@ def random_like(source: str, folder: Path) -> str:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from engine.models import load_tokenizer
+    from engine.models.loading import load_tokenizer
 
     torch.manual_seed(1)
     AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source)).save_pretrained(folder)
@@ -242,7 +243,7 @@ def compare(args: argparse.Namespace) -> int:
     setup = Setup(args.model, (refs[0], refs[1]), args.pairs, args.n_pairs, args.epochs, args.batch,
                   args.max_length, args.dtype, args.warmup, args.threads)
     if args.one:
-        from engine.models import torch_threads
+        from engine.models.loading import torch_threads
 
         with tempfile.TemporaryDirectory() as out, torch_threads(args.threads):
             result = run_entry(args.one, setup, out)

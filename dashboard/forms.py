@@ -1,8 +1,8 @@
 """The launch form's logic, without Streamlit: which fields a method has, how form text becomes a config dict,
 and which field a validation error names.
 
-Fields come from the config dataclasses of engine/config.py (the method's METHOD_PARAMS section plus model,
-data, training and logging), so a field added there appears in the form with its default. Validation is
+Fields come from the config dataclasses (the method's own section, from the method registry, plus model, data,
+training and logging), so a field added there appears in the form with its default and its help text. Validation is
 engine.config.config_from_dict's: the form only turns text into values and puts each ConfigError, whose message
 starts with the field it names ("training.max_steps: ..."), next to that field.
 """
@@ -15,7 +15,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.config import METHOD_PARAMS, ConfigError, LoraSection, ObjectiveSpec, RunConfig
+from engine.config import ConfigError, LoraSection, RunConfig
+from engine.methods import get_method
+from engine.methods.mixing_po.config import ObjectiveSpec
 
 SECTIONS = ("model", "data", "training", "logging")
 OBJECTIVE_KEYS = ("name", "train", "judge", "eval")
@@ -31,10 +33,17 @@ class FieldSpec:
     default: Any
     widget: str
     choices: tuple = ()
+    help: str = ""  # the field's metadata help: the one text the form, `config check` and the CLI show
 
     @property
     def label(self) -> str:
         return self.path.rsplit(".", 1)[-1]
+
+    @property
+    def tooltip(self) -> str:
+        """What the form shows on hovering: the config path, the field's help and its default."""
+        shown = "" if self.widget in ("bool", "objectives") else f" (default {self.default!r})"
+        return f"{self.path}: {self.help}{shown}" if self.help else f"{self.path}{shown}"
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -62,20 +71,19 @@ def _fields_of(cls: type, prefix: str) -> list[FieldSpec]:
         annotation, path = hints[f.name], f"{prefix}.{f.name}"
         if annotation == LoraSection | None:
             # An optional section: a switch, then its own fields (used only when the switch is on).
-            specs.append(FieldSpec(path, bool, False, "bool"))
+            specs.append(FieldSpec(path, bool, False, "bool", help=f.metadata.get("help", "")))
             specs += _fields_of(LoraSection, path)
             continue
         widget, choices = _widget(annotation)
-        specs.append(FieldSpec(path, annotation, _default(f), widget, choices))
+        specs.append(FieldSpec(path, annotation, _default(f), widget, choices, f.metadata.get("help", "")))
     return specs
 
 
 def form_fields(method: str) -> list[FieldSpec]:
     """Every input for ``method``: its own section first (the likeliest to be changed), then the shared ones."""
-    if method not in METHOD_PARAMS:
-        raise ValueError(f"method: must be one of {', '.join(METHOD_PARAMS)} (got {method!r})")
+    params = get_method(method).params
     hints = typing.get_type_hints(RunConfig)
-    specs = _fields_of(METHOD_PARAMS[method], method)
+    specs = _fields_of(params, method)
     for section in SECTIONS:
         specs += _fields_of(hints[section], section)
     return specs
@@ -83,7 +91,7 @@ def form_fields(method: str) -> list[FieldSpec]:
 
 def method_doc(method: str) -> str:
     """The method section's docstring: the paper and the metrics the run logs."""
-    return " ".join((METHOD_PARAMS[method].__doc__ or "").split())
+    return " ".join((get_method(method).params.__doc__ or "").split())
 
 
 # ---------------------------------------------------------------------------------------------- values <-> text

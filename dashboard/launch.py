@@ -1,7 +1,7 @@
 """The launch form and the first-run screen of the Runs page.
 
 A run is launched the way `python -m engine train --config FILE --detach` does it: the validated config is stored
-with the run (engine.runner.launch writes run.json) and the job `python -m engine train --run RUN_ID` reads it back.
+with the run (engine.store.jobs.launch writes run.json) and the job `python -m engine train --run RUN_ID` reads it back.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import streamlit as st
 from dashboard.forms import FORM_SOURCE, error_field, form_fields, initial_values, method_doc, raw_config
 from dashboard.queries import DEMO_KIND, config_presets, demo_ready, is_active
 from dashboard.widgets import terminal_text, untrusted
-from engine.config import METHODS, ConfigError, config_from_dict, config_to_dict
-from engine.runner import launch, tail_log
-from engine.store import new_run_id
+from engine.config import ConfigError, config_from_dict, config_to_dict
+from engine.methods import method_names
+from engine.store.jobs import launch, tail_log
+from engine.store.runs import new_run_id
 
 DEFAULTS, EXAMPLE = "defaults", "example"
 FORM_COLUMNS = 3
@@ -42,13 +43,13 @@ def _field(spec, value, key: str) -> None:
     label = spec.label
     if spec.widget == "bool":
         st.checkbox("use LoRA" if spec.path.endswith(".lora") else label, value=value, key=key,
-                    help=spec.path)
+                    help=spec.tooltip)
     elif spec.widget == "choice":
-        st.selectbox(label, spec.choices, index=spec.choices.index(value), key=key, help=spec.path)
+        st.selectbox(label, spec.choices, index=spec.choices.index(value), key=key, help=spec.tooltip)
     elif spec.widget == "objectives":
-        st.text_area(label, value=value, key=key, help=f"{spec.path}: {_OBJECTIVES_HELP}")
+        st.text_area(label, value=value, key=key, help=f"{spec.tooltip}. {_OBJECTIVES_HELP}")
     else:
-        st.text_input(label, value=value, key=key, help=f"{spec.path} (default {spec.default!r})")
+        st.text_input(label, value=value, key=key, help=spec.tooltip)
 
 
 def launch_form(on_launch: Callable[[str], None] | None = None) -> None:
@@ -58,7 +59,7 @@ def launch_form(on_launch: Callable[[str], None] | None = None) -> None:
     launched = st.session_state.get("launched_run")  # kept: the page may rerun again as the job starts or ends
     if launched:
         st.success(f"Started run {launched}; follow it in the table above and under Metrics.")
-    method = st.selectbox("Method", METHODS, key="launch_method")
+    method = st.selectbox("Method", method_names(), key="launch_method")
     presets = config_presets()
     starts = [EXAMPLE, DEFAULTS] if method in presets else [DEFAULTS]
     start = st.radio("Start from", starts, horizontal=True, key=f"launch_start_{method}",

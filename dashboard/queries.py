@@ -12,15 +12,15 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from engine.config import ModelSection, resolve_path
+from engine.methods import family_of, get_method
 from engine.paths import REPO_ROOT, models_dir
-from engine.runner import job_status, list_jobs
-from engine.store import ACTIVE, StoreReader, run_dir
+from engine.store.jobs import list_jobs, refresh_status
+from engine.store.runs import ACTIVE, StoreReader, run_dir
 
 RUN_COLUMNS = ["run_id", "name", "method", "kind", "model", "objective", "status", "steps", "started", "duration",
                "ended", "message"]
@@ -64,15 +64,9 @@ def _model_of(config: dict[str, Any]) -> str:
 
 def _objective_of(method: str, config: dict[str, Any]) -> str:
     """What a run optimizes or measures, in a few words: objectives of a mix, the judge, or the preference set."""
-    section = config.get(method, {})
-    if method == "mixing_po":
-        return ", ".join(o.get("name", "") for o in section.get("objectives", []))
-    if method == "magnetic_po":
-        return str(section.get("judge", ""))
-    if method == "eval":
-        return str(config.get("judge", ""))
-    train = config.get("data", {}).get("train")
-    return Path(train).stem if train else ""
+    if family_of(method) is not None:
+        return get_method(method).objective_of(config)
+    return str(config.get("judge", ""))  # an evaluation run: its judge
 
 
 def runs_table() -> pd.DataFrame:
@@ -99,7 +93,7 @@ def runs_table() -> pd.DataFrame:
 
 def run_info(run_id: str) -> dict[str, Any]:
     """A run's metadata, config and status (liveness checked)."""
-    return job_status(run_id)
+    return refresh_status(run_id)
 
 
 def is_active(status: str) -> bool:
@@ -182,8 +176,8 @@ def judgment_sources() -> list[str]:
 
 
 def leaderboard(sources: list[str] | None = None, n_resamples: int = 200) -> pd.DataFrame:
-    """Bradley-Terry ratings from the verdicts of these sources (all when None): engine.standings.leaderboard."""
-    from engine import standings  # brings scikit-learn (about a second): only the pages that rate pay for it
+    """Bradley-Terry ratings from the verdicts of these sources (all when None): engine.store.standings.leaderboard."""
+    from engine.store import standings  # brings scikit-learn (about a second): only the pages that rate pay for it
 
     return standings.leaderboard(_SHARED, sources, n_resamples)
 
@@ -198,8 +192,8 @@ def score_objectives() -> list[str]:
 def pareto_table(objectives: list[str], kinds: list[str] | None = None,
                  run_ids: list[str] | None = None) -> pd.DataFrame:
     """Models and mixture points with scores on ``objectives`` and the front among those kept:
-    engine.standings.pareto_table (columns name, label, kind, run_id, weights, ess, *objectives, on_front)."""
-    from engine import standings
+    engine.store.standings.pareto_table (columns name, label, kind, run_id, weights, ess, *objectives, on_front)."""
+    from engine.store import standings
 
     return standings.pareto_table(_SHARED, objectives, kinds, run_ids)
 
@@ -209,14 +203,14 @@ def pareto_table(objectives: list[str], kinds: list[str] | None = None,
 
 def mixing_runs() -> list[str]:
     """Mixing runs whose samples are stored (the mixer needs them), newest first."""
-    from engine.mixing_samples import samples_path
+    from engine.recipes.mixing_estimates import samples_path
 
-    return [j["run_id"] for j in list_jobs() if j["method"] == "mixing_po" and samples_path(j["run_id"]).exists()]
+    return [j["run_id"] for j in list_jobs() if family_of(j["method"]) == "mixing" and samples_path(j["run_id"]).exists()]
 
 
 def mixing_objectives(run_id: str) -> list[str]:
     config = run_info(run_id)["config"]
-    return [o["name"] for o in config.get("mixing_po", {}).get("objectives", [])]
+    return [o["name"] for o in config.get(config.get("method", ""), {}).get("objectives", [])]
 
 
 def mixing_lambda_star(run_id: str) -> dict[str, float] | None:

@@ -61,7 +61,7 @@ def serve(data: Path, log: Path, script: str = "app.py") -> Iterator[str]:
     """Run the dashboard (or another Streamlit ``script``, e.g. a benchmark's reference page) on ``data``
     (PREFLAB_DATA of the server and of the jobs it launches) until the block ends; yields its URL once the health
     check answers. Server output goes to ``log``. Jobs the server launched
-    run in sessions of their own (engine.runner) and outlive it, as they do after `make run` stops."""
+    run in sessions of their own (engine.store.jobs) and outlive it, as they do after `make run` stops."""
     port = free_port()
     env = {**os.environ, "PREFLAB_DATA": str(data), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     command = [sys.executable, "-m", "streamlit", "run", script, "--server.address", "127.0.0.1", "--server.port",

@@ -1,6 +1,6 @@
 """DataFrame transforms behind the pages: pure functions from query results to the tables and chart inputs.
 
-The statistics themselves are engine.evaluation's (win_rate) and engine.standings' (leaderboard, pareto_table,
+The statistics themselves are engine.evaluation's (win_rate) and engine.store.standings' (leaderboard, pareto_table,
 called through dashboard.queries); this module only shapes store rows for them and names the results for display.
 """
 
@@ -88,9 +88,9 @@ def judgment_win_rates(judgments: pd.DataFrame, n_resamples: int = 1000, seed: i
 
 
 def estimate_path(samples: Any, lam_path: pd.DataFrame, objectives: list[str], max_points: int = 60) -> pd.DataFrame:
-    """Estimated scores along a mixing run's λ iterates (engine.mixing_samples.instant_estimate on the stored
+    """Estimated scores along a mixing run's λ iterates (engine.recipes.mixing_estimates.instant_estimate on the stored
     samples, no generation), at most ``max_points`` evenly spaced steps. Columns step, weights, *objectives."""
-    from engine.mixing_samples import instant_estimate
+    from engine.recipes.mixing_estimates import instant_estimate
 
     wide = lam_path.pivot_table(index="step", columns="objective", values="weight").reindex(
         columns=samples.objectives)

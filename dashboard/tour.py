@@ -50,7 +50,7 @@ def tour(url: str, out: Path) -> dict[str, dict[str, Any]]:
 def _chart_newest_training(page: Any) -> None:
     """Pick the newest training run in the Runs page's chart selector, as a person would: type its id, click its option
     (nothing is charted by default once no job runs)."""
-    from engine.runner import list_jobs
+    from engine.store.jobs import list_jobs
 
     newest = next((j["run_id"] for j in list_jobs() if j["kind"] == "train"), None)
     if newest is None:

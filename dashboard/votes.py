@@ -3,7 +3,7 @@ count it (judgments row, source "human", in a run of kind "votes" that the dashb
 
 from __future__ import annotations
 
-from engine.store import RunWriter, run_dir
+from engine.store.runs import RunWriter, run_dir
 
 VOTES_RUN = "human-votes"
 HUMAN = "human"

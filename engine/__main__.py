@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from engine.config import ConfigError, config_to_dict, load_config
-from engine.paths import REPO_ROOT
-from engine.demo_pipeline import StageFailed
-from engine.store import StoreError
+from engine.config import config_fields, config_to_dict, default_config, load_config
+from engine.errors import PrefLabError
+from engine.methods import get_method, method_names
+from engine.store.runs import StoreError
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -19,7 +19,7 @@ def _fmt_time(ts: float | None) -> str:
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    from engine.runner import list_jobs
+    from engine.store.jobs import list_jobs
 
     jobs = list_jobs()
     if args.status:
@@ -35,10 +35,10 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
-    from engine.runner import job_status
-    from engine.store import StoreReader
+    from engine.store.jobs import refresh_status
+    from engine.store.runs import StoreReader
 
-    job = job_status(args.run_id)
+    job = refresh_status(args.run_id)
     for key in ("run_id", "name", "method", "kind", "status", "message", "pid"):
         print(f"{key:8}: {job[key]}")
     print(f"{'started':8}: {_fmt_time(job['started'])}\n{'ended':8}: {_fmt_time(job['ended'])}")
@@ -53,7 +53,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_cancel(args: argparse.Namespace) -> int:
-    from engine.runner import cancel
+    from engine.store.jobs import cancel
 
     job = cancel(args.run_id, grace=args.grace)
     print(f"{job['run_id']}: {job['status']}")
@@ -61,8 +61,8 @@ def cmd_runs_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_logs(args: argparse.Namespace) -> int:
-    from engine.runner import tail_log
-    from engine.store import read_run
+    from engine.store.jobs import tail_log
+    from engine.store.runs import read_run
 
     read_run(args.run_id)  # a clear error for an unknown id
     print(tail_log(args.run_id, args.lines))
@@ -73,8 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     import os
 
     from engine.config import config_from_dict
-    from engine.runner import launch, pid_alive
-    from engine.store import ACTIVE, RunWriter, new_run_id, read_run, run_context
+    from engine.store.jobs import launch, pid_alive
+    from engine.store.runs import ACTIVE, RunWriter, new_run_id, read_run, run_context
 
     if args.config:
         cfg = load_config(args.config)
@@ -97,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise StoreError(f"run {run_id} already finished; nothing to resume (start a new run to train more)")
         cfg = config_from_dict(run["config"], f"run {run_id}")
     from engine.recipes import run_recipe
-    from engine.train import TrainingDiverged
+    from engine.recipes.preference import TrainingDiverged
 
     if os.environ.get("RANK", "0") != "0":  # accelerate's other ranks train but leave the records to rank 0
         run_recipe(cfg, RunWriter(run_id), resume=bool(args.resume))
@@ -117,7 +117,7 @@ def _as_job(run_id: str | None):
     """Inside a job started by the runner, record status in its run; from a terminal, just run."""
     from contextlib import nullcontext
 
-    from engine.store import run_context
+    from engine.store.runs import run_context
 
     return run_context(run_id) if run_id else nullcontext()
 
@@ -125,8 +125,8 @@ def _as_job(run_id: str | None):
 def cmd_demo_prepare(args: argparse.Namespace) -> int:
     import os
 
-    from engine.data.prepare import prepare_demo
-    from engine.runner import RUN_ID_ENV
+    from engine.data.demo.prepare import prepare_demo
+    from engine.store.jobs import RUN_ID_ENV
 
     with _as_job(os.environ.get(RUN_ID_ENV)):
         result = prepare_demo(force=args.force, scale=args.scale)
@@ -137,7 +137,7 @@ def cmd_demo_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_run(args: argparse.Namespace) -> int:
-    from engine.demo_pipeline import demo_run
+    from engine.recipes.demo_run import demo_run
 
     result = demo_run(args.config, dry_run=args.dry_run, scale=args.scale)
     if not args.dry_run:
@@ -147,7 +147,7 @@ def cmd_demo_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from engine.eval_job import eval_command
+    from engine.recipes.evaluation import eval_command
 
     run_id = eval_command(args.models, args.prompts, args.judge, baseline=args.baseline, scorers=args.scorers,
                           pairs=args.pairs, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -158,14 +158,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_mix(args: argparse.Namespace) -> int:
     if args.balance:
-        from engine.mixing_samples import balance
+        from engine.recipes.mixing_estimates import balance
 
         result = balance(args.run)
         print("lambda* = " + ", ".join(f"{k} {v:.3f}" for k, v in result["weights"].items()))
         print("estimated scores at lambda*: " + ", ".join(f"{k} {v:.3f}" for k, v in result["scores"].items()))
         print(f"duality gap {result['gap']:.2e}, F_hat {result['F_hat']:.4f}")
         return 0
-    from engine.mixing_po import mix_generate
+    from engine.recipes.mixing import mix_generate
 
     weights = [float(w) for w in args.weights.split(",")]
     rows = mix_generate(args.run, weights, prompts=args.prompt or None, n=args.n, seed=args.seed)
@@ -175,15 +175,29 @@ def cmd_mix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_fields(cfg) -> None:
+    rows = [(path, json.dumps(value, default=str), text) for path, value, text in config_fields(cfg)]
+    width = max(len(f"{path} = {value}") for path, value, _ in rows)
+    for path, value, text in rows:
+        print(f"  {f'{path} = {value}':<{width}}  # {text}" if text else f"  {path} = {value}")
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.file)
-    print(f"{args.file}: valid {cfg.method} config")
-    print(json.dumps(config_to_dict(cfg), indent=2))
+    print(f"{args.file}: valid {cfg.method} config ({get_method(cfg.method).paper}); every field, defaults filled in:")
+    _print_fields(cfg)
+    return 0
+
+
+def cmd_config_fields(args: argparse.Namespace) -> int:
+    method = get_method(args.method)
+    print(f"{method.name}: {method.paper}; math in {method.docs}. Fields and defaults:")
+    _print_fields(default_config(method.name))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.store_export import export_database
+    from engine.store.export import export_database
 
     counts = export_database(Path(args.output))
     print(f"wrote {args.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -197,7 +211,6 @@ BENCHMARKS = {"store": "bench.store", "mixing": "bench.mixing", "train": "bench.
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
-    sys.path.insert(0, str(REPO_ROOT))
     module = BENCHMARKS[args.name]
     return importlib.import_module(module).main(args.rest)
 
@@ -222,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lines", type=int, default=50)
     p.set_defaults(func=cmd_runs_logs)
 
-    p = sub.add_parser("train", help="train a policy from a config (dpo, mallows_po, mrpo, mixing_po, magnetic_po)")
+    p = sub.add_parser("train", help=f"train a policy from a config ({', '.join(method_names())})")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="YAML/JSON run config (see configs/)")
     source.add_argument("--run", help="run the config stored with an existing run (how the runner starts jobs)")
@@ -271,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = config.add_parser("check", help="validate a YAML/JSON config and print it with defaults filled in")
     p.add_argument("file")
     p.set_defaults(func=cmd_config_check)
+    p = config.add_parser("fields", help="every field of a method's config with its default and help")
+    p.add_argument("method", choices=method_names())
+    p.set_defaults(func=cmd_config_fields)
 
     p = sub.add_parser("export", help="write every run's data into one self-contained .duckdb file")
     p.add_argument("output", help="path of the new .duckdb file")
@@ -287,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, StoreError, ValueError, StageFailed) as err:
+    except PrefLabError as err:  # the user's input or an outside service: one line; anything else is a bug
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from engine.data.demo import INTENSIFIERS, LEXICON, NEGATION_FACTOR, NEGATION_SCOPE, NEGATORS
+from engine.data.demo.corpus import INTENSIFIERS, LEXICON, NEGATION_FACTOR, NEGATION_SCOPE, NEGATORS
+from engine.errors import InputError, PrefLabError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -50,7 +51,7 @@ class Judge(Protocol):
 def _check_lengths(**columns: Sequence[str]) -> int:
     sizes = {name: len(values) for name, values in columns.items()}
     if len(set(sizes.values())) > 1:
-        raise ValueError(f"inputs must have equal lengths, got {sizes}")
+        raise InputError(f"inputs must have equal lengths, got {sizes}")
     return next(iter(sizes.values()))
 
 
@@ -105,7 +106,13 @@ class RewardModelScorer:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from engine.models import check_source, explain_load_errors, load_tokenizer, resolve_device, resolve_dtype
+        from engine.models.loading import (
+            check_source,
+            explain_load_errors,
+            load_tokenizer,
+            resolve_device,
+            resolve_dtype,
+        )
 
         dev, source = resolve_device(device), check_source(path)
         self.tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
@@ -117,7 +124,7 @@ class RewardModelScorer:
         n_labels = self.model.config.num_labels
         self.label = (n_labels - 1) if label is None else label
         if not 0 <= self.label < n_labels:
-            raise ValueError(f"label must be in [0, {n_labels}) for this reward model, got {label}")
+            raise InputError(f"label must be in [0, {n_labels}) for this reward model, got {label}")
         self.batch_size, self._torch = batch_size, torch
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
@@ -142,7 +149,7 @@ class ScorerJudge:
 
     def __init__(self, scorer: Scorer, temperature: float = 1.0) -> None:
         if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+            raise InputError(f"temperature must be positive, got {temperature}")
         self.scorer, self.temperature = scorer, temperature
 
     def prob_a_beats_b(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
@@ -159,10 +166,10 @@ def _answer_token_ids(tokenizer, cue: str, labels: tuple[str, str]) -> list[int]
         full = tokenizer(cue + label, add_special_tokens=False)["input_ids"]
         shared = next((i for i, (x, y) in enumerate(zip(base, full)) if x != y), min(len(base), len(full)))
         if shared >= len(full):
-            raise ValueError(f"label {label!r} adds no token after the template's answer cue")
+            raise InputError(f"label {label!r} adds no token after the template's answer cue")
         ids.append(full[shared])
     if ids[0] == ids[1]:
-        raise ValueError(f"labels {labels} start with the same token for this tokenizer; pass distinct labels")
+        raise InputError(f"labels {labels} start with the same token for this tokenizer; pass distinct labels")
     return ids
 
 
@@ -178,11 +185,11 @@ class LMJudge:
                  trust_remote_code: bool = False) -> None:
         import torch
 
-        from engine.models import load_model, load_tokenizer
+        from engine.models.loading import load_model, load_tokenizer
 
         cue = template[template.rfind("}") + 1:]
         if not all(f"{{{key}}}" in template for key in ("prompt", "a", "b")) or not cue.strip():
-            raise ValueError("template must contain {prompt}, {a}, {b} and end with an answer cue such as 'Answer:'")
+            raise InputError("template must contain {prompt}, {a}, {b} and end with an answer cue such as 'Answer:'")
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.model = load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         self.label_ids = _answer_token_ids(self.tokenizer, cue, labels)
@@ -206,7 +213,7 @@ class LMJudge:
         return (p + 1.0 - self._prob_first(prompts, b, a)) / 2.0 if self.symmetrize else p
 
 
-class JudgeRequestError(RuntimeError):
+class JudgeRequestError(PrefLabError, RuntimeError):
     """The judge endpoint could not be reached or refused the request; the message says what and where."""
 
 
@@ -224,11 +231,11 @@ class OpenAIJudge:
                  max_retries: int = 3, backoff: float = 1.0, template: str = _JUDGE_TEMPLATE,
                  max_workers: int = 4) -> None:
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+            raise InputError(f"base_url must start with http:// or https://, got {base_url!r}")
         if not model:
-            raise ValueError("model must name the served model, e.g. openai:http://127.0.0.1:8000/v1#my-model")
+            raise InputError("model must name the served model, e.g. openai:http://127.0.0.1:8000/v1#my-model")
         if timeout <= 0 or max_retries < 0 or backoff < 0:
-            raise ValueError("timeout must be positive, max_retries and backoff non-negative")
+            raise InputError("timeout must be positive, max_retries and backoff non-negative")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key_env, self.timeout = model, api_key_env, timeout
         self.max_retries, self.backoff, self.template, self.max_workers = max_retries, backoff, template, max_workers
@@ -294,7 +301,7 @@ def get_scorer(name: str, **kwargs) -> Scorer:
     kind, _, arg = name.partition(":")
     if kind == "reward_model" and arg:
         return RewardModelScorer(arg, **kwargs)
-    raise ValueError(f"unknown scorer {name!r}; valid names: {_SCORER_NAMES}")
+    raise InputError(f"unknown scorer {name!r}; valid names: {_SCORER_NAMES}")
 
 
 def get_judge(name: str, **kwargs) -> Judge:
@@ -307,4 +314,4 @@ def get_judge(name: str, **kwargs) -> Judge:
     if kind == "openai" and "#" in arg:
         base_url, _, model = arg.rpartition("#")
         return OpenAIJudge(base_url, model, **kwargs)
-    raise ValueError(f"unknown judge {name!r}; valid names: {_JUDGE_NAMES} (scorers: {_SCORER_NAMES})")
+    raise InputError(f"unknown judge {name!r}; valid names: {_JUDGE_NAMES} (scorers: {_SCORER_NAMES})")

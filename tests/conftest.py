@@ -24,8 +24,8 @@ def tiny_world(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_world(tmp_path_factory) -> dict:
-    """The "test"-scale demo world (engine.data.prepare) in its own PREFLAB_DATA folder; paths by artifact name."""
-    from engine.data.prepare import prepare_demo
+    """The "test"-scale demo world (engine.data.demo.prepare) in its own PREFLAB_DATA folder; paths by artifact name."""
+    from engine.data.demo.prepare import prepare_demo
 
     root = tmp_path_factory.mktemp("demo_world")
     with pytest.MonkeyPatch.context() as patch:
@@ -37,8 +37,8 @@ def demo_world(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     """A byte-level BPE tokenizer trained on a few hundred synthetic reviews, saved to a folder."""
-    from engine.data.demo import generate_corpus
-    from engine.models import train_tokenizer
+    from engine.data.demo.corpus import generate_corpus
+    from engine.data.demo.models import train_tokenizer
 
     path = tmp_path_factory.mktemp("tiny_tokenizer")
     train_tokenizer(generate_corpus(300, seed=5)["text"].tolist(), vocab_size=600).save_pretrained(path)
@@ -49,7 +49,7 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
 def one_torch_thread():
     """One intra-op torch thread for a module of tiny-model tests: on a shared 2-core machine a second thread only
     spins (measured 14x slower per step); the previous count comes back afterwards."""
-    from engine.models import torch_threads
+    from engine.models.loading import torch_threads
 
     with torch_threads(1):
         yield

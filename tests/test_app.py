@@ -3,7 +3,7 @@
 from streamlit.testing.v1 import AppTest
 
 from engine.paths import REPO_ROOT
-from engine.store import RunWriter
+from engine.store.runs import RunWriter
 
 
 def test_empty_state_when_there_are_no_runs(data_root):

@@ -1,7 +1,7 @@
 """Bad input, each refused with one clear line before any expensive work, and with nothing written.
 
 The table drives the entry points a person uses: `python -m engine train --config FILE` (in process through
-engine.__main__.main, exit code 2 and one `error:` line), the training recipe a job runs (engine.train), the data
+engine.__main__.main, exit code 2 and one `error:` line), the training recipe a job runs (engine.recipes.preference), the data
 loaders, model loading, mixture weights and the store commands. Before each case a run folder exists; after it the
 data folder must be byte for byte what it was, and model weights must not have been loaded unless loading them is
 what fails. Then property-based tests: random configs only ever raise ConfigError, random data files only DataError.
@@ -31,10 +31,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.__main__ import main
-from engine.config import METHOD_PARAMS, ConfigError, LoraSection, RunConfig, config_from_dict
+from engine.config import ConfigError, LoraSection, RunConfig, config_from_dict
 from engine.data.validation import DataError
-from engine.store import RunWriter
+from engine.methods import get_method, method_names
+from engine.store.runs import RunWriter
 from tests.test_reliability import dpo_config
+
+METHOD_PARAMS = {name: get_method(name).params for name in method_names()}
 
 
 class Refused(ValueError):
@@ -82,7 +85,7 @@ class Ctx:
 
     def recipe(self, **sections: dict) -> None:
         """What a job runs for a run whose stored config is valid but whose data, tokenizer or model is not."""
-        from engine.train import train_preference_model
+        from engine.recipes.preference import train_preference_model
 
         train_preference_model(config_from_dict(self.raw(**sections)), RunWriter("bad"))
 
@@ -191,7 +194,9 @@ CASES = [
     Case("config: unknown dtype", lambda c: c.train_config(c.raw(model={"dtype": "fp8"})),
          r"model\.dtype: must be one of auto, float32, bfloat16, float16"),
     Case("config: LoRA dropout above 1", lambda c: c.train_config(c.raw(model={"lora": {"dropout": 2.0}})),
-         r"model\.lora\.dropout: must lie in \[0\.0, 1\.0\]"),
+         r"model\.lora\.dropout: must lie in \[0, 1\)"),
+    Case("config: LoRA dropout of 1 (every adapter input zeroed)",
+         lambda c: c.train_config(c.raw(model={"lora": {"dropout": 1.0}})), r"model\.lora\.dropout: must lie in \[0, 1\)"),
     Case("config: the data folder itself as a path", lambda c: c.train_config(c.raw(model={"path": "."})),
          r"model\.path: '\.' names no file or folder"),
     Case("config: a path under a user that does not exist", lambda c: c.train_config(
@@ -307,15 +312,15 @@ def _zero_row_parquet(c: Ctx) -> str:
 
 
 def _policies(reference: Path, experts: dict[str, Path]):
-    from engine.mixed_decoding import load_policies
-    from engine.models import load_tokenizer
+    from engine.decoding.mixture import load_policies
+    from engine.models.loading import load_tokenizer
 
     return load_policies(str(reference), {k: str(v) for k, v in experts.items()}, load_tokenizer(reference),
                          backend="separate", device="cpu")
 
 
 def _load_model(path: str):
-    from engine.models import load_model
+    from engine.models.loading import load_model
 
     return load_model(path)
 
@@ -331,13 +336,13 @@ def test_the_table_has_at_least_thirty_distinct_cases():
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_refused_in_one_line_before_work_and_writes_nothing(case, tiny_world, data_root, tmp_path,
                                                                          monkeypatch):
-    import engine.train
+    import engine.recipes.preference
 
     if not case.loads_model:
         def expensive(*args, **kwargs):
             raise AssertionError("model weights were loaded before the bad input was refused")
 
-        monkeypatch.setattr(engine.train, "load_model", expensive)
+        monkeypatch.setattr(engine.recipes.preference, "load_model", expensive)
     RunWriter.create("bad", method="dpo", name="bad", config={})
     if case.prepare is not None:
         case.prepare()
@@ -432,7 +437,7 @@ def _check_accepted(cfg: RunConfig) -> None:
     """What an accepted config promises the code that runs it: finite numbers, counts within MAX_COUNT (seeds
     within numpy's 2**32 - 1), no empty list, and paths that resolve without an exception."""
     from engine.config import resolve_source
-    from engine.config_checks import MAX_COUNT, MAX_SEED
+    from engine.config.checks import MAX_COUNT, MAX_SEED
 
     for where, value in _leaves(cfg, "cfg"):
         field_name = re.sub(r"\[\d+\]$", "", where).rsplit(".", 1)[-1]

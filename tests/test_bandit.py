@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.bandit import (
+from engine.losses import mallows_phi_log_link
+from engine.theory.bandit import (
     Bandit,
     NoClosedForm,
     closed_form,
@@ -24,7 +25,6 @@ from engine.bandit import (
     preference_matrix,
     solve,
 )
-from engine.losses import mallows_phi_log_link
 
 SEEDS = (0, 1, 2)
 TOL = 1e-3

@@ -17,7 +17,7 @@ from scipy.special import softmax
 
 from dashboard.server import GRID_JS, chromium, open_page, read_chart, read_grid, screenshot, serve, settle
 from engine.paths import REPO_ROOT
-from engine.store import StoreReader, read_run
+from engine.store.runs import StoreReader, read_run
 from tests.test_dashboard_store import JUDGE_WINS, OUTPUTS, SCRIPT_OUTPUT, fill_store, mixing_samples
 
 SHOTS = REPO_ROOT / "artifacts" / "browser"

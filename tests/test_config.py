@@ -5,10 +5,11 @@ import json
 import pytest
 import yaml
 
-from engine.demo_plan import load_plan
+from engine.config import ConfigError, RunConfig, config_from_dict, config_to_dict, load_config, save_config
+from engine.methods import get_method, method_names
+from engine.recipes.demo_spec import load_plan
 
-from engine.config import (METHOD_PARAMS, ConfigError, RunConfig, config_from_dict, config_to_dict, load_config,
-                           save_config)
+METHOD_PARAMS = {name: get_method(name).params for name in method_names()}
 
 
 @pytest.fixture
@@ -216,7 +217,7 @@ def test_every_numeric_field_refuses_nan_infinities_and_absurd_counts(demo_files
                                                     ("training", "save_every", 10**9), ("training", "seed", 2**32 - 1),
                                                     ("data", "max_length", 10**9)])
 def test_counts_stop_at_their_documented_bound(demo_files, section, name, largest):
-    from engine.config_checks import MAX_COUNT, MAX_SEED
+    from engine.config.checks import MAX_COUNT, MAX_SEED
 
     assert (MAX_COUNT, MAX_SEED) == (10**9, 2**32 - 1)
     assert getattr(getattr(config_from_dict({"method": "dpo", section: {name: largest}}), section), name) == largest

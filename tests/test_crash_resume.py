@@ -15,16 +15,22 @@ import sys
 import time
 
 import pandas as pd
-import pytest
 
-from engine import runner
+from engine.store import jobs as runner
 from engine.__main__ import main
 from engine.config import config_from_dict, config_to_dict
-from engine.paths import REPO_ROOT
-from engine.store import RunWriter, StoreReader, read_run
-from engine.train import last_checkpoint
-from tests.test_reliability import (CALL_SUMMARY, alone_metrics, assert_same_metrics, create_run, dpo_config,
-                                    one_metric, served_metrics, wait_for)
+from engine.paths import REPO_ROOT, RunLayout
+from engine.store.runs import RunWriter, StoreReader, read_run
+from tests.test_reliability import (
+    CALL_SUMMARY,
+    alone_metrics,
+    assert_same_metrics,
+    create_run,
+    dpo_config,
+    one_metric,
+    served_metrics,
+    wait_for,
+)
 
 
 def _loss_steps(reader: StoreReader, run_id: str) -> list[int]:
@@ -40,11 +46,11 @@ def test_a_sigkilled_run_is_failed_keeps_its_metrics_and_resumes_onto_the_same_c
     reader = StoreReader()
     assert wait_for(lambda: (checkpoints / "checkpoint-4" / "trainer_state.json").exists()
                     and max(_loss_steps(reader, run_id), default=0) >= 6, timeout=180)
-    os.kill(runner.job_status(run_id)["pid"], signal.SIGKILL)
+    os.kill(runner.refresh_status(run_id)["pid"], signal.SIGKILL)
     killed_at = time.time()
-    resume_from = int(last_checkpoint(checkpoints).name.removeprefix("checkpoint-"))
+    resume_from = RunLayout(checkpoints.parent).complete_checkpoints()[-1][0]
 
-    assert wait_for(lambda: runner.job_status(run_id)["status"] == "failed", timeout=5)
+    assert wait_for(lambda: runner.refresh_status(run_id)["status"] == "failed", timeout=5)
     assert "exited without finishing" in read_run(run_id)["message"]
     logged = _loss_steps(reader, run_id)
     assert logged == list(range(1, len(logged) + 1)) and len(logged) >= 6  # every step up to the kill stays
@@ -166,7 +172,7 @@ def test_a_dashboard_restart_neither_stops_nor_loses_a_run(tiny_world, data_root
     finally:
         if dashboard.poll() is None:
             os.killpg(dashboard.pid, signal.SIGKILL)
-    assert wait_for(lambda: runner.job_status(run_id)["status"] != "running", timeout=180, poll=0.2)
+    assert wait_for(lambda: runner.refresh_status(run_id)["status"] != "running", timeout=180, poll=0.2)
     assert read_run(run_id)["status"] == "finished"
     after = reader.query("SELECT count(*) AS n FROM metrics WHERE run_id = ? AND name = 'loss' AND time > ?",
                          [run_id, gone])

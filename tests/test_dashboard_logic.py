@@ -1,5 +1,5 @@
 """The dashboard's logic: launch-form fields and parsing, error placement, config diff, win rates and ratings from
-verdicts, Pareto tables (engine.standings', read through dashboard.queries), word diffs and simplex sliders."""
+verdicts, Pareto tables (engine.store.standings', read through dashboard.queries), word diffs and simplex sliders."""
 
 import dataclasses
 import json
@@ -13,9 +13,12 @@ from hypothesis import strategies as st
 from scipy.special import softmax
 
 from dashboard import forms, simplex, tables, textdiff
-from engine.config import METHOD_PARAMS, ConfigError, RunConfig, config_from_dict, config_to_dict
-from engine.store import RunWriter
+from engine.config import ConfigError, RunConfig, config_from_dict, config_to_dict
+from engine.methods import get_method, method_names
+from engine.store.runs import RunWriter
 from tests.test_dashboard_store import make_files, mixing_samples
+
+METHOD_PARAMS = {name: get_method(name).params for name in method_names()}
 
 ELO_PER_LOGIT = 400 / math.log(10)
 

@@ -19,9 +19,18 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.launch import EXAMPLE, field_key
 from engine.paths import REPO_ROOT
-from engine.store import RunWriter, StoreReader, list_run_ids, read_run
-from tests.test_dashboard_store import (JUDGE_WINS, OUTPUTS, PROMPT, SCORES, SCRIPT_OUTPUT, STEPS, WIN_RATES,
-                                        fill_store, mixing_samples)
+from engine.store.runs import RunWriter, StoreReader, list_run_ids, read_run
+from tests.test_dashboard_store import (
+    JUDGE_WINS,
+    OUTPUTS,
+    PROMPT,
+    SCORES,
+    SCRIPT_OUTPUT,
+    STEPS,
+    WIN_RATES,
+    fill_store,
+    mixing_samples,
+)
 
 APP = str(REPO_ROOT / "app.py")
 PAGES = "dashboard/pages/"
@@ -84,7 +93,7 @@ def filled(data_root):
 @pytest.fixture
 def fake_jobs(monkeypatch):
     """Jobs run `python -c pass` instead of the engine; the engine arguments asked for are recorded."""
-    import engine.runner
+    import engine.store.jobs
 
     asked = []
 
@@ -92,7 +101,7 @@ def fake_jobs(monkeypatch):
         asked.append(list(engine_args))
         return [sys.executable, "-c", "pass"]
 
-    monkeypatch.setattr(engine.runner, "job_command", command)
+    monkeypatch.setattr(engine.store.jobs, "job_command", command)
     return asked
 
 
@@ -376,7 +385,7 @@ def test_balance_sets_the_sliders_to_the_minimizer_of_f(filled):
 
 
 def test_generate_shows_the_mixture_beside_each_single_objective_policy(filled, monkeypatch):
-    import engine.mixing_po
+    import engine.recipes.mixing
 
     calls = []
 
@@ -385,7 +394,7 @@ def test_generate_shows_the_mixture_beside_each_single_objective_policy(filled, 
         return [{"prompt": p, "output": f"{SCRIPT_OUTPUT} w={list(weights)}", "num_tokens": 3,
                  "scores": {"sentiment": 0.5, "conciseness": 0.25}, "ess": None} for p in prompts[:n]]
 
-    monkeypatch.setattr(engine.mixing_po, "mix_generate", fake_mix_generate)
+    monkeypatch.setattr(engine.recipes.mixing, "mix_generate", fake_mix_generate)
     at = _open("mixer")
     at.button(key="mixer_generate").click().run()
     assert calls == [("run-mix", [0.6, 0.4], ["prompt 0"], 1), ("run-mix", [1.0, 0.0], ["prompt 0"], 1),

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 
 from engine.config import config_from_dict, config_to_dict
-from engine.mixing_samples import MixingSamples
 from engine.paths import data_dir
-from engine.store import RunWriter, run_dir
+from engine.recipes.mixing_estimates import MixingSamples
+from engine.store.runs import RunWriter, run_dir, run_layout
 
 PROMPT = "The film"
 SCRIPT_OUTPUT = "<script>alert(1)</script> and **bold** and <b>tag</b>"
@@ -105,11 +105,12 @@ def fill_store() -> None:
 def fill_mixing_run(run_id: str) -> MixingSamples:
     writer = finished(run_id, "mixing_po", "mix sentiment+conciseness", mixing_config())
     samples = mixing_samples()
-    folder = samples.save(run_dir(run_id) / "mixing").parent
+    layout = run_layout(run_id)
+    samples.save(layout.samples)
     pd.DataFrame({"prompt_id": np.repeat(np.arange(MIX_N), MIX_M), "sample_id": np.tile(np.arange(MIX_M), MIX_N),
                   "prompt": np.repeat([f"prompt {i}" for i in range(MIX_N)], MIX_M),
-                  "response": ["r"] * (MIX_N * MIX_M)}).to_parquet(folder / "samples.parquet", index=False)
-    (folder / "lambda.json").write_text(json.dumps({"sentiment": 0.6, "conciseness": 0.4}), encoding="utf-8")
+                  "response": ["r"] * (MIX_N * MIX_M)}).to_parquet(layout.sample_texts, index=False)
+    layout.lambda_star.write_text(json.dumps({"sentiment": 0.6, "conciseness": 0.4}), encoding="utf-8")
     for step in range(30):
         lam = 0.5 + 0.1 * step / 29
         writer.log_metrics(step, {"mix/lambda_sentiment": lam, "mix/lambda_conciseness": 1 - lam})

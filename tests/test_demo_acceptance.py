@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 
 from engine.config import load_config
+from engine.decoding.generation import SamplingParams, generate
 from engine.evaluation import outcomes_from_probabilities
-from engine.generation import SamplingParams, generate
 from engine.judges import get_judge
 from engine.paths import REPO_ROOT
-from engine.store import RunWriter, StoreReader
-from engine.train import train_preference_model
+from engine.recipes.preference import train_preference_model
+from engine.store.runs import RunWriter, StoreReader
 
 # The demo evaluation's sampling (configs/demo.yaml: eval), so the numbers compare with the README's.
 SAMPLING = SamplingParams(max_new_tokens=48, temperature=0.5, seed=0)
@@ -26,7 +26,7 @@ SAMPLING = SamplingParams(max_new_tokens=48, temperature=0.5, seed=0)
 
 @pytest.fixture(scope="module")
 def full_world(tmp_path_factory):
-    from engine.data.prepare import prepare_demo
+    from engine.data.demo.prepare import prepare_demo
 
     root = tmp_path_factory.mktemp("full_demo")
     with pytest.MonkeyPatch.context() as patch:

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import yaml
 
-from engine.demo_pipeline import StageFailed, demo_run, vllm_ready
-from engine.demo_plan import DemoError, load_plan
-from engine.standings import pareto_table
 from engine.judges import ConcisenessScorer, SentimentScorer
 from engine.paths import REPO_ROOT
-from engine.runner import job_status
-from engine.store import StoreReader, list_run_ids, read_run, run_dir
+from engine.recipes.demo_run import StageFailed, demo_run, vllm_ready
+from engine.recipes.demo_spec import DemoError, load_plan
+from engine.store.jobs import refresh_status
+from engine.store.runs import StoreReader, list_run_ids, read_run, run_dir
+from engine.store.standings import pareto_table
 
 METHODS = ("dpo", "mallows_po", "mrpo", "magnetic_po", "mixing_po")
 EVAL_LIMIT = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text())["scales"]["test"]["eval"]["limit"]
@@ -42,7 +42,7 @@ def demo(tmp_path_factory):
 
 
 def _runs(kind: str) -> list[dict]:
-    return [job_status(r) for r in list_run_ids() if read_run(r)["kind"] == kind]
+    return [refresh_status(r) for r in list_run_ids() if read_run(r)["kind"] == kind]
 
 
 def test_every_method_has_a_finished_run(demo):
@@ -167,7 +167,7 @@ def test_mixing_experts_are_the_dpo_runs(demo):
 
 
 def test_demo_run_logs_every_step_with_its_time(demo):
-    run = job_status(demo["first"]["run_id"])
+    run = refresh_status(demo["first"]["run_id"])
     assert (run["kind"], run["status"]) == ("demo", "finished")
     steps = ["prepare", *demo["first"]["stages"], "eval", "total"]
     last = StoreReader().last_values([run["run_id"]]).set_index("name")["value"]
@@ -187,7 +187,7 @@ def test_second_call_reuses_every_step(demo):
 @pytest.mark.parametrize("spec", ["demo.yaml", "demo_real.yaml"])
 def test_dry_run_prints_the_plan_and_loads_nothing(spec, tmp_path):
     """In a fresh data folder (no demo world yet): a plan naming every stage and model, no torch import, no file."""
-    code = ("import sys; from engine.demo_pipeline import demo_run; "
+    code = ("import sys; from engine.recipes.demo_run import demo_run; "
             f"demo_run({str(REPO_ROOT / 'configs' / spec)!r}, dry_run=True); "
             "print('LOADED', sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules))")
     env = {**os.environ, "PREFLAB_DATA": str(tmp_path / "data")}
@@ -243,7 +243,7 @@ def test_a_failed_stage_stops_the_demo(demo, monkeypatch, tmp_path):
         demo_run(spec)
     new = [read_run(r) for r in set(list_run_ids()) - before]
     assert sorted(r["method"] for r in new) == ["demo", "magnetic_po"]
-    assert {job_status(r["run_id"])["status"] for r in new} == {"failed"}
+    assert {refresh_status(r["run_id"])["status"] for r in new} == {"failed"}
 
 
 def test_vllm_ready_merges_lora_adapters(tmp_path):
@@ -251,7 +251,8 @@ def test_vllm_ready_merges_lora_adapters(tmp_path):
     import torch
     from peft import PeftModel
 
-    from engine.models import LMSpec, load_model, tiny_llama, train_tokenizer
+    from engine.data.demo.models import LMSpec, tiny_llama, train_tokenizer
+    from engine.models.loading import load_model
 
     tokenizer = train_tokenizer(["a good film", "a bad film"] * 20, vocab_size=300)
     base = tiny_llama(tokenizer, LMSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
@@ -276,10 +277,10 @@ def test_vllm_ready_merges_lora_adapters(tmp_path):
 
 def test_demo_run_command_reports_the_wall_time(monkeypatch, capsys):
     """The stages run side by side, so their seconds overlap: the command reports the pipeline's own wall time."""
-    import engine.demo_pipeline
+    import engine.recipes.demo_run
     from engine.__main__ import main
 
     seconds = {"prepare": 40.0, "dpo_sentiment": 70.0, "mixing": 250.0, "eval": 20.0, "total": 310.0}
-    monkeypatch.setattr(engine.demo_pipeline, "demo_run", lambda *args, **kwargs: {"run_id": "r1", "seconds": seconds})
+    monkeypatch.setattr(engine.recipes.demo_run, "demo_run", lambda *args, **kwargs: {"run_id": "r1", "seconds": seconds})
     assert main(["demo", "run"]) == 0
     assert "demo finished in 310 s as run r1" in capsys.readouterr().out

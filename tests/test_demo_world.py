@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.data.demo import MAX_WORDS, generate_corpus, prompt_of
+from engine.data.demo.corpus import MAX_WORDS, generate_corpus, prompt_of
 from engine.judges import get_scorer
 
 PREF_COLUMNS = ["prompt", "chosen", "rejected", "score_chosen", "score_rejected"]
@@ -50,7 +50,8 @@ def test_sentiment_judge_agrees_with_generator_labels():
 
 
 def test_sft_perplexity_is_at_most_half_of_unigram(demo_world):
-    from engine.models import load_model, load_tokenizer, perplexity
+    from engine.data.demo.models import perplexity
+    from engine.models.loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(demo_world["sft"])
     train = pd.read_parquet(demo_world["corpus_train"])["text"].tolist()
@@ -108,7 +109,7 @@ def test_objectives_disagree_on_common_pairs(demo_world):
 
 
 def test_prepare_is_cached_and_rebuilds_only_what_is_missing(demo_world, monkeypatch):
-    from engine.data.prepare import prepare_demo
+    from engine.data.demo.prepare import prepare_demo
 
     monkeypatch.setenv("PREFLAB_DATA", demo_world["root"])
     ref2_config = Path(demo_world["ref2"]) / "config.json"

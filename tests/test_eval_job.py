@@ -9,15 +9,15 @@ import pytest
 import torch
 from scipy import stats
 
-from engine import generation
+from engine.decoding import generation
 from engine.config import config_from_dict, config_to_dict
-from engine.data.demo import generate_corpus
-from engine.eval_job import eval_command, evaluate_models, mean_ci, resolve_models, reward_margins
+from engine.data.demo.corpus import generate_corpus
+from engine.data.demo.models import LMSpec, train_tokenizer
 from engine.evaluation import ELO_PER_LOGIT, bradley_terry, length_controlled_win_rate, win_rate
 from engine.judges import lexicon_polarity
-from engine.models import LMSpec, train_tokenizer
-from engine.standings import leaderboard, pareto_table
-from engine.store import RunWriter, StoreReader, read_run, run_dir
+from engine.recipes.evaluation import eval_command, evaluate_models, mean_ci, resolve_models, reward_margins
+from engine.store.runs import RunWriter, StoreReader, read_run, run_dir
+from engine.store.standings import leaderboard, pareto_table
 from tests.worlds import save_tiny_lm
 
 PARAMS = generation.SamplingParams(max_new_tokens=10, temperature=1.0, seed=3)
@@ -166,7 +166,7 @@ def _hand_logp(model, tokenizer, prompt, response):
 
 
 def test_reward_margins_equal_hand_computation(world, data_root):
-    from engine.models import load_model, load_tokenizer
+    from engine.models.loading import load_model, load_tokenizer
 
     tok = load_tokenizer(world["sft"])
     pol, ref = load_model(world["policy"]), load_model(world["sft"])
@@ -194,7 +194,9 @@ def _fake_dpo_run(world, run_id):
                             "data": {"train": world["pairs"], "eval": world["pairs"]}})
     writer = RunWriter.create(run_id, method="dpo", name=run_id, config=config_to_dict(cfg))
     for step, src in ((2, "policy"), (4, "sft")):
-        shutil.copytree(world[src], run_dir(run_id) / "checkpoints" / f"checkpoint-{step}")
+        checkpoint = run_dir(run_id) / "checkpoints" / f"checkpoint-{step}"
+        shutil.copytree(world[src], checkpoint)
+        (checkpoint / "trainer_state.json").write_text("{}", encoding="utf-8")  # written last: a complete one
     shutil.copytree(world["policy"], run_dir(run_id) / "model")
     writer.log_metrics(6, {"loss": 0.5})
     writer.set_status("finished")

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import runner
+from engine.store import jobs as runner
 from engine.paths import REPO_ROOT
-from engine.store import RunWriter, StoreReader, read_run
+from engine.store.runs import RunWriter, StoreReader, read_run
 from tests.test_reliability import dpo_config, wait_for
 
 SOURCES = sorted([REPO_ROOT / "app.py", *(REPO_ROOT / "engine").rglob("*.py"), *(REPO_ROOT / "dashboard").rglob("*.py"),
@@ -194,7 +194,7 @@ def test_remote_code_is_off_unless_the_config_turns_it_on(tiny_world, data_root,
     import transformers
 
     from engine.config import config_from_dict
-    from engine.train import train_preference_model
+    from engine.recipes.preference import train_preference_model
 
     seen: list[tuple[str, bool]] = []
 

@@ -1,4 +1,4 @@
-"""The static-cache, bucketed and compiled decode path of engine.generation against transformers' plain `generate`
+"""The static-cache, bucketed and compiled decode path of engine.decoding.generation against transformers' plain `generate`
 with a dynamic cache (the independent truth: same model, same prompts, greedy), and its bucket bookkeeping.
 
 The compiled path runs on CPU with a counting dynamo backend: it traces exactly what CUDA would compile, and counts
@@ -8,9 +8,16 @@ the graphs dynamo hands to the backend, so a recompilation cannot go unnoticed.
 import pytest
 import torch
 
-from engine.generation import (AUTO_COMPILE_MIN_TOKENS, SamplingParams, batch_bucket, cache_len_bucket, decode_plan,
-                               generate_transformers, static_caches)
-from engine.models import load_model, load_tokenizer
+from engine.decoding.generation import (
+    AUTO_COMPILE_MIN_TOKENS,
+    SamplingParams,
+    batch_bucket,
+    cache_len_bucket,
+    decode_plan,
+    generate_transformers,
+    static_caches,
+)
+from engine.models.loading import load_model, load_tokenizer
 
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
 # Different lengths, so left padding is exercised; eight prompts cover buckets 4 (3 and 4 prompts) and 8 (5 prompts).

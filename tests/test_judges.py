@@ -13,9 +13,19 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from engine.judges import (ConcisenessScorer, JudgeRequestError, LMJudge, OpenAIJudge, RewardModelScorer,
-                           ScorerJudge, SentimentScorer, get_judge, get_scorer, lexicon_polarity)
-from engine.models import load_tokenizer
+from engine.judges import (
+    ConcisenessScorer,
+    JudgeRequestError,
+    LMJudge,
+    OpenAIJudge,
+    RewardModelScorer,
+    ScorerJudge,
+    SentimentScorer,
+    get_judge,
+    get_scorer,
+    lexicon_polarity,
+)
+from engine.models.loading import load_tokenizer
 
 
 def _sigmoid(x: float) -> float:

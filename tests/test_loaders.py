@@ -13,14 +13,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from engine.data.loaders import (ASSISTANT_MARKER, clean_review, load_preferences, load_prompts,
-                                 render_messages, split_transcript)
+from engine.data.loaders import (
+    ASSISTANT_MARKER,
+    clean_review,
+    load_preferences,
+    load_prompts,
+    render_messages,
+    split_transcript,
+)
 from engine.data.validation import DataError, check_tokenizer, truncate_pairs
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -12,12 +12,20 @@ import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from engine.config import config_from_dict, load_config
-from engine.data.demo import generate_corpus
+from engine.data.demo.corpus import generate_corpus
+from engine.data.demo.models import LMSpec, train_tokenizer
 from engine.magnetic import cyclic_game, magnetic_mirror_descent, multiplicative_weights
-from engine.models import LMSpec, load_model, load_tokenizer, train_tokenizer
-from engine.store import RunWriter
-from engine.trainers.magnetic_po import (SelfPlay, k3_kl, log_game_trace, sample, self_play_advantages,
-                                         token_logps, train_magnetic)
+from engine.models.loading import load_model, load_tokenizer
+from engine.recipes.magnetic_selfplay import (
+    SelfPlay,
+    k3_kl,
+    log_game_trace,
+    sample,
+    self_play_advantages,
+    token_logps,
+    train_magnetic,
+)
+from engine.store.runs import RunWriter
 from tests.worlds import save_tiny_lm
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -231,7 +239,7 @@ def test_bad_inputs_fail_with_the_field_named(data):
 
 
 def test_a_nan_loss_stops_the_run(data, monkeypatch):
-    from engine.train import TrainingDiverged
+    from engine.recipes.preference import TrainingDiverged
 
     monkeypatch.setattr(SelfPlay, "step", lambda self, prompts, seed: {"loss": float("nan")})
     with pytest.raises(TrainingDiverged, match="learning_rate"):

@@ -17,14 +17,14 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-import engine.trainers.magnetic_po as magnetic_po
+import engine.recipes.magnetic_selfplay as magnetic_po
 from engine.config import config_from_dict
-from engine.config_checks import ConfigError
-from engine.method_configs import MagneticPOParams
-from engine.models import load_model, load_tokenizer
-from engine.rollouts import merged_weights, rollout_from_token_ids, sample
-from engine.store import RunWriter
-from engine.trainers.magnetic_po import SelfPlay, train_magnetic
+from engine.config.checks import ConfigError
+from engine.decoding.rollouts import merged_weights, rollout_from_token_ids, sample
+from engine.methods.magnetic_po.config import MagneticPOParams
+from engine.models.loading import load_model, load_tokenizer
+from engine.recipes.magnetic_selfplay import SelfPlay, train_magnetic
+from engine.store.runs import RunWriter
 
 STEP_METRICS = ("loss", "learning_rate", "grad_norm", "magmpo/adv_mean", "magmpo/kl_to_magnet", "magmpo/kl_to_sft",
                 "magmpo/winrate_self", "magmpo/response_length")
@@ -276,7 +276,7 @@ def test_a_response_ends_at_any_of_the_models_end_tokens():
     """Qwen2.5-Instruct-like: the generation config stops on two ids; the mask ends at whichever comes first."""
     from types import SimpleNamespace
 
-    from engine.rollouts import end_token_ids, rollout_from_token_ids
+    from engine.decoding.rollouts import end_token_ids, rollout_from_token_ids
 
     tokenizer = SimpleNamespace(eos_token_id=9, pad_token_id=8,
                                 batch_decode=lambda rows, skip_special_tokens: [" ".join(map(str, r)) for r in

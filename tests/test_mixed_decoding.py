@@ -7,11 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data.demo import generate_corpus
-from engine.generation import SamplingParams, generate_transformers
-from engine.mixed_decoding import (REFERENCE, LoraPolicies, SeparatePolicies, load_policies, logratios, sample,
-                                   sample_mixture)
-from engine.models import LMSpec, load_model, tiny_llama, train_tokenizer
+from engine.data.demo.corpus import generate_corpus
+from engine.data.demo.models import LMSpec, tiny_llama, train_tokenizer
+from engine.decoding.generation import SamplingParams, generate_transformers
+from engine.decoding.mixture import (
+    REFERENCE,
+    LoraPolicies,
+    SeparatePolicies,
+    load_policies,
+    logratios,
+    sample,
+    sample_mixture,
+)
+from engine.models.loading import load_model
 
 SPEC = LMSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 PROMPTS = ["The movie", "I watched this film", "A truly", "Not", "This sequel was"]  # uneven: left padding matters

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from engine.config import config_from_dict, config_to_dict
-from engine.data.demo import generate_corpus
+from engine.data.demo.corpus import generate_corpus
+from engine.data.demo.models import LMSpec, train_tokenizer
 from engine.judges import ConcisenessScorer, SentimentScorer
 from engine.mixing import mirror_descent_weights
-from engine.mixing_samples import MixingSamples, balance, instant_estimate, load_samples, simplex_grid
-from engine.models import LMSpec, train_tokenizer
-from engine.store import RunWriter, StoreReader
+from engine.paths import RunLayout
+from engine.recipes.mixing_estimates import MixingSamples, balance, instant_estimate, load_samples, simplex_grid
+from engine.store.runs import RunWriter, StoreReader
 from tests.worlds import save_tiny_lm
 
 OBJECTIVES = ("sentiment", "conciseness")
@@ -26,7 +27,7 @@ EXTRAS = {"num_prompts": 6, "eval_prompts": 4, "eval_samples_per_prompt": 3, "gr
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A data folder with models/sft, the two objectives' preference sets and held-out prompts."""
-    from engine.data.preferences import build_preference_sets
+    from engine.data.demo.preferences import build_preference_sets
 
     root = tmp_path_factory.mktemp("data")
     threads = torch.get_num_threads()
@@ -61,7 +62,7 @@ def _config():
 
 @pytest.fixture(scope="module")
 def run(world):
-    from engine.mixing_po import train_mixing
+    from engine.recipes.mixing import train_mixing
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PREFLAB_DATA", str(world))
@@ -144,7 +145,7 @@ def test_estimates_agree_with_real_mixed_generations(run, in_world):
 
 
 def test_mix_generate_scores_its_outputs(run, in_world):
-    from engine.mixing_po import mix_generate
+    from engine.recipes.mixing import mix_generate
 
     rows = mix_generate("mix-test", {"sentiment": 0.5, "conciseness": 0.5}, prompts=["The movie"], n=3, seed=1)
     assert [r["prompt"] for r in rows] == ["The movie"] * 3
@@ -203,15 +204,15 @@ def test_instant_estimate_is_fast_on_ten_thousand_samples():
 def test_resume_trains_an_expert_again_when_its_only_checkpoint_was_cut_short(in_world, tmp_path, monkeypatch):
     """A checkpoint folder without trainer_state.json (killed while saving) is no resume point: that expert starts
     again; once a complete checkpoint exists, it resumes."""
-    import engine.train
-    from engine.mixing_po import _train_policy
+    import engine.recipes.preference
+    from engine.recipes.mixing import _train_policy
 
     asked = []
-    monkeypatch.setattr(engine.train, "train_preference_model",
+    monkeypatch.setattr(engine.recipes.preference, "train_preference_model",
                         lambda cfg, writer, resume: asked.append(resume) or tmp_path)
     writer = RunWriter.create("mix-resume", method="mixing_po", name="resume", config={}, kind="train")
-    folder = tmp_path / "expert"
-    checkpoint = folder / "checkpoints" / "checkpoint-3"
+    folder = RunLayout(tmp_path / "expert")
+    checkpoint = folder.checkpoints / "checkpoint-3"
     checkpoint.mkdir(parents=True)
     train = "demo/prefs_sentiment_train.parquet"
     _train_policy(_config(), writer, "sentiment", train, None, folder, resume=True, limit=None)

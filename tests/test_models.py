@@ -15,8 +15,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from engine.models import (LMSpec, LoraSettings, load_model, load_tokenizer, perplexity, resolve_dtype, tiny_llama,
-                           torch_threads)
+from engine.data.demo.models import LMSpec, perplexity, tiny_llama
+from engine.models.loading import LoraSettings, load_model, load_tokenizer, resolve_dtype, torch_threads
 
 _RELOAD_SCRIPT = """
 import json, sys, torch
@@ -50,7 +50,7 @@ def test_tokenizer_special_tokens_and_round_trip(tiny_tokenizer_dir):
 
 
 def test_prompt_tokens_are_a_prefix_of_prompt_plus_continuation(tiny_tokenizer_dir):
-    from engine.data.demo import generate_corpus
+    from engine.data.demo.corpus import generate_corpus
 
     tok = load_tokenizer(tiny_tokenizer_dir)
     for row in generate_corpus(100, seed=9).itertuples():

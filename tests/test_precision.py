@@ -3,9 +3,9 @@
 import torch
 
 from engine.config import config_from_dict
-from engine.models import load_model
-from engine.store import RunWriter
-from engine.train import train_preference_model, weights_dtype
+from engine.models.loading import load_model
+from engine.recipes.preference import train_preference_model, weights_dtype
+from engine.store.runs import RunWriter
 
 
 def changed_fraction(before: dict, after: dict) -> float:

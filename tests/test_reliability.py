@@ -25,10 +25,9 @@ import torch
 from safetensors.torch import load_file
 
 from engine.__main__ import main
-from engine.paths import REPO_ROOT
-from engine.store import RunWriter, StoreError, StoreReader, read_run, run_context
-from engine.store_export import export_database
-from engine.train import last_checkpoint
+from engine.paths import REPO_ROOT, RunLayout
+from engine.store.export import export_database
+from engine.store.runs import RunWriter, StoreError, StoreReader, read_run, run_context
 
 # Wall-clock rates differ between any two runs; everything else a run logs is a function of config and seed.
 TIMING = frozenset({"tokens_per_s", "train_runtime", "train_samples_per_second", "train_steps_per_second"})
@@ -114,7 +113,7 @@ def create_run(raw: dict, run_id: str) -> str:
 
 def _poison_loss_from(monkeypatch, step: int, poison: float) -> None:
     """From training step `step` on, every DPO loss is multiplied by `poison` (NaN or inf), as a blow-up would."""
-    from engine.trainers.dpo import DPOMethodTrainer
+    from engine.methods.dpo.trainer import DPOMethodTrainer
 
     original, calls = DPOMethodTrainer.preference_loss, {"train": 0}
 
@@ -145,7 +144,7 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_
     assert run["status"] == "failed" and run["message"].startswith("TrainingDiverged: ")
     folder = data_root / "runs" / run_id
     assert sorted(p.name for p in (folder / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
-    assert last_checkpoint(folder / "checkpoints").name == "checkpoint-2"
+    assert RunLayout(folder).last_checkpoint().name == "checkpoint-2"
     weights = load_file(folder / "checkpoints" / "checkpoint-2" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert not (folder / "model").exists()  # no final model from diverged weights
@@ -188,7 +187,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_usable(ti
     assert run["status"] == "failed" and "[Errno 28] No space left on device" in run["message"]
     checkpoints = data_root / "runs" / run_id / "checkpoints"
     assert (checkpoints / "checkpoint-8" / "model.safetensors").exists()  # half written: no trainer state
-    assert last_checkpoint(checkpoints).name == "checkpoint-4"
+    assert RunLayout(checkpoints.parent).last_checkpoint().name == "checkpoint-4"
     before = one_metric(served_metrics(run_id), "loss")
     assert before.index.tolist() == list(range(1, 9))  # the failed run was compacted with what it had logged
 
@@ -295,12 +294,12 @@ def test_exports_that_cannot_be_written_fail_in_one_line_and_leave_nothing(data_
         holder.wait()
 
     # The disk fills up halfway through an export: no database, and no temporary file, is left behind.
-    import engine.store_export
+    import engine.store.export
 
     def full_disk():
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(engine.store_export, "_readable_runs", full_disk)
+    monkeypatch.setattr(engine.store.export, "_readable_runs", full_disk)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(StoreError, match="No space left on device; nothing was written"):
@@ -312,7 +311,7 @@ def test_exports_that_cannot_be_written_fail_in_one_line_and_leave_nothing(data_
 
 WRITE_AND_COMPACT = """
 import sys
-from engine.store import RunWriter
+from engine.store.runs import RunWriter
 for i in range(int(sys.argv[1])):
     writer = RunWriter.create(f"r{i:03d}", method="dpo", name="r", config={})
     for step in range(5):

@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from engine import runner
+from engine.store import jobs as runner
 from engine.paths import REPO_ROOT
-from engine.store import StoreReader, read_run
+from engine.store.runs import StoreReader, read_run
 
 # A job that logs a metric every 20 ms until stopped; with IGNORE_TERM it survives SIGTERM.
 JOB = textwrap.dedent("""
     import os, signal, sys, time
-    from engine.store import run_context
+    from engine.store.runs import run_context
     if os.environ.get("IGNORE_TERM"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with run_context(os.environ["PREFLAB_RUN_ID"]) as writer:
@@ -64,20 +64,20 @@ def test_command_lines():
 def test_a_finished_job_has_its_log_and_metrics(data_root, fake_job, monkeypatch):
     monkeypatch.setenv("STEPS", "5")
     run_id = runner.launch([], method="dpo", name="short")
-    assert wait_for(lambda: runner.job_status(run_id)["status"] == "finished")
+    assert wait_for(lambda: runner.refresh_status(run_id)["status"] == "finished")
     assert logged_steps(run_id) == 5
     # The job prints its last line just after recording "finished": wait for the process, not the status.
-    assert wait_for(lambda: not runner.pid_alive(runner.job_status(run_id)["pid"]))
+    assert wait_for(lambda: not runner.pid_alive(runner.refresh_status(run_id)["pid"]))
     assert "job done" in runner.tail_log(run_id)
 
 
 def test_a_sigkilled_job_is_marked_failed_and_keeps_its_metrics(data_root, fake_job):
     run_id = runner.launch([], method="dpo", name="victim")
     assert wait_for(lambda: logged_steps(run_id) >= 5)
-    pid = runner.job_status(run_id)["pid"]
+    pid = runner.refresh_status(run_id)["pid"]
     os.kill(pid, signal.SIGKILL)
     t0 = time.monotonic()
-    assert wait_for(lambda: runner.job_status(run_id)["status"] == "failed", timeout=5.0)
+    assert wait_for(lambda: runner.refresh_status(run_id)["status"] == "failed", timeout=5.0)
     assert time.monotonic() - t0 < 5.0
     assert "exited without finishing" in read_run(run_id)["message"]
     assert logged_steps(run_id) >= 5
@@ -126,7 +126,7 @@ def test_cli_help_and_unknown_run(data_root):
 
 
 def test_log_tail_keeps_the_last_state_of_progress_bars(data_root):
-    from engine.store import RunWriter
+    from engine.store.runs import RunWriter
 
     writer = RunWriter.create("r1", method="dpo", name="r1", config={})
     (writer.dir / "log.txt").write_bytes(b"start\n 10%|#  \r 50%|#####  \r100%|##########\ndone\n")

@@ -1,4 +1,4 @@
-"""Soak: trainings launched at once through engine.runner while a reader polls the store, as the dashboard does.
+"""Soak: trainings launched at once through engine.store.jobs while a reader polls the store, as the dashboard does.
 
 Afterwards every run must hold every metric of every step, with the values the same config gives trained alone
 (same seed), and no job may have logged an error. CI runs 4 trainings of 10 steps (about a minute on 2 cores).
@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import time
 
-from engine import runner
+from engine.store import jobs as runner
 from engine.config import config_from_dict, config_to_dict
-from engine.store import ACTIVE, StoreReader
+from engine.store.runs import ACTIVE, StoreReader
 from tests.test_reliability import alone_metrics, assert_same_metrics, dpo_config, served_metrics
 
 SOAK = os.environ.get("PREFLAB_SOAK") == "1"
@@ -45,7 +45,7 @@ def test_trainings_at_once_lose_nothing_and_match_their_solo_runs(tiny_world, da
     run_ids = list(configs)
     reader, seen, polls = StoreReader(), {}, 0
     deadline = time.monotonic() + (3600 if SOAK else 600)
-    while any(runner.job_status(r)["status"] in ACTIVE for r in run_ids):
+    while any(runner.refresh_status(r)["status"] in ACTIVE for r in run_ids):
         assert time.monotonic() < deadline, "the trainings did not finish in time"
         _poll(reader, run_ids, seen)
         polls += 1
@@ -54,7 +54,7 @@ def test_trainings_at_once_lose_nothing_and_match_their_solo_runs(tiny_world, da
     assert polls >= 5  # the reader really ran alongside the writers
 
     for run_id, raw in configs.items():
-        run = runner.job_status(run_id)
+        run = runner.refresh_status(run_id)
         log = (data_root / "runs" / run_id / "log.txt").read_text(encoding="utf-8", errors="replace")
         assert run["status"] == "finished", (run["message"], log[-2000:])
         assert "Traceback" not in log and "ERROR" not in log, log[-2000:]

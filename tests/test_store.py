@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from bench.store import build_large_store, concurrent_writes
-from engine.store import RunWriter, StoreError, StoreReader, list_run_ids, read_run, run_context, table_files
-from engine.store_export import export_database
+from engine.store.export import export_database
+from engine.store.runs import RunWriter, StoreError, StoreReader, list_run_ids, read_run, run_context, table_files
 
 
 def test_metrics_round_trip_before_and_after_compaction(data_root):

@@ -15,12 +15,12 @@ from engine.config import config_from_dict
 from engine.data.loaders import load_preferences
 from engine.data.validation import truncate_pairs
 from engine.losses import mean_normalized_entropy
-from engine.models import load_model, load_tokenizer
+from engine.methods import get_method
+from engine.models.loading import load_model, load_tokenizer
+from engine.models.logprobs import tokenize_pairs
 from engine.paths import REPO_ROOT
-from engine.store import RunWriter, StoreReader, read_run
-from engine.train import train_preference_model, training_arguments
-from engine.trainers import TRAINERS
-from engine.trainers.reference import tokenize_pairs
+from engine.recipes.preference import train_preference_model, training_arguments
+from engine.store.runs import RunWriter, StoreReader, read_run
 
 
 def run_config(world, method, **extra):
@@ -56,7 +56,7 @@ def build_trainer(world, method, data_root, steps=3, **sections):
     tok = load_tokenizer(world.sft)
     train, _ = truncate_pairs(load_preferences(str(world.prefs_train), limit=16), tok, cfg.data.max_length)
     args = training_arguments(cfg, data_root / "out", has_eval=False)
-    trainer = TRAINERS[method](model=load_model(world.sft), args=args, train_dataset=train, processing_class=tok,
+    trainer = get_method(method).load_trainer()(model=load_model(world.sft), args=args, train_dataset=train, processing_class=tok,
                                method_params=cfg.params)
     return trainer, cfg
 
@@ -159,7 +159,7 @@ def test_compiled_training_takes_the_same_steps_as_eager(tiny_world, data_root):
         assert args.torch_compile is compiled
         if compiled:  # graph capture through the trainer, without needing a C compiler for inductor on CI
             args = dataclasses.replace(args, torch_compile_backend="aot_eager")
-        trainer = TRAINERS["dpo"](model=load_model(tiny_world.sft), args=args, train_dataset=train,
+        trainer = get_method("dpo").load_trainer()(model=load_model(tiny_world.sft), args=args, train_dataset=train,
                                   processing_class=tok, method_params=cfg.params)
         trainer.train()
         losses[compiled] = [log["loss"] for log in trainer.state.log_history if "loss" in log]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from engine.data.demo import generate_corpus
-from engine.models import LMSpec, tiny_llama, train_lm, train_tokenizer
+from engine.data.demo.corpus import generate_corpus
+from engine.data.demo.models import LMSpec, tiny_llama, train_lm, train_tokenizer
 
 SPEC = LMSpec(hidden_size=48, num_layers=1, num_heads=2, intermediate_size=96, steps=60, batch_size=16,
               block_size=64, lr=3e-3, seed=0)

@@ -5,15 +5,23 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts
-from dashboard.queries import (evaluation_rows, judgment_sources, judgments, leaderboard, metric_curves, metric_names,
-                               runs_table, runs_with_metric)
+from dashboard.queries import (
+    evaluation_rows,
+    judgment_sources,
+    judgments,
+    leaderboard,
+    metric_curves,
+    metric_names,
+    runs_table,
+    runs_with_metric,
+)
 from dashboard.tables import eval_win_rates, judgment_win_rates
 from dashboard.widgets import chart, table
 
 
 @st.cache_data(show_spinner="fitting Bradley-Terry ratings")
 def cached_leaderboard(sources: tuple[str, ...], stamp: tuple[int, float]) -> pd.DataFrame:
-    """engine.standings.leaderboard over these sources. ``stamp`` (how many verdicts, the newest one's time) only
+    """engine.store.standings.leaderboard over these sources. ``stamp`` (how many verdicts, the newest one's time) only
     keys the cache: a new verdict or vote refits, an unchanged store reuses the fit."""
     return leaderboard(list(sources))
 

@@ -27,8 +27,8 @@ def _verdict(judge: str, prompt: str, a: str, b: str) -> float:
 
 def _generate(prompt: str, names: list[str], models: dict[str, str]) -> dict[str, str]:
     """One output per chosen model or mixture (λ* of the mixing run); loads the models, hence torch, lazily."""
-    from engine.generation import SamplingParams, generate
-    from engine.mixing_po import mix_generate
+    from engine.decoding.generation import SamplingParams, generate
+    from engine.recipes.mixing import mix_generate
 
     out = {}
     for name in names:

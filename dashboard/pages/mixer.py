@@ -1,9 +1,9 @@
 """Mixer: move the weights of a mixing_po run's mixture and see its estimated scores, KL and ESS at once.
 
-The estimate is engine.mixing_samples.instant_estimate over the run's stored reference samples (importance
+The estimate is engine.recipes.mixing_estimates.instant_estimate over the run's stored reference samples (importance
 weighting, no model call), so the sliders respond instantly. "Balance" reruns mirror descent on the stored
 log-ratios and sets the sliders to λ*; "Generate" samples from the mixture and from each single-objective policy
-(engine.mixing_po.mix_generate, which loads the models: the only step here that touches torch).
+(engine.recipes.mixing.mix_generate, which loads the models: the only step here that touches torch).
 """
 
 import streamlit as st
@@ -12,7 +12,7 @@ from dashboard import charts
 from dashboard.queries import mixing_lambda_star, mixing_prompts, mixing_runs, pareto_table
 from dashboard.simplex import one_hot, rebalance, snap
 from dashboard.widgets import chart, output_text, stop_unless
-from engine.mixing_samples import balance, instant_estimate, load_samples
+from engine.recipes.mixing_estimates import balance, instant_estimate, load_samples
 
 st.title("Mixer")
 runs = mixing_runs()
@@ -92,7 +92,7 @@ typed = st.text_input("Or type a prompt", key="mixer_typed_prompt")
 per_prompt = st.number_input("Samples per prompt", 1, 8, 1, key="mixer_n")
 chosen = [*prompts, *([typed] if typed.strip() else [])]
 if st.button("Generate", key="mixer_generate", disabled=not chosen):
-    from engine.mixing_po import mix_generate
+    from engine.recipes.mixing import mix_generate
 
     n = len(chosen) * int(per_prompt)
     with st.spinner("loading the policies and sampling"):

@@ -6,7 +6,8 @@ from dashboard import charts
 from dashboard.queries import lambda_path, mixing_objectives, pareto_table, runs_table, score_objectives
 from dashboard.tables import estimate_path
 from dashboard.widgets import chart, stop_unless, table
-from engine.mixing_samples import load_samples, samples_path
+from engine.methods import method_names
+from engine.recipes.mixing_estimates import load_samples, samples_path
 
 NO_PATH = "(none)"
 
@@ -24,7 +25,7 @@ kinds = st.multiselect("Points", kinds_present, default=[k for k in kinds_presen
                        "estimates of a sweep; mixture:generated: mixtures actually sampled and judged")
 
 runs = runs_table()
-mixing = runs.loc[runs["method"] == "mixing_po", "run_id"].tolist()
+mixing = runs.loc[runs["method"].isin(method_names(family="mixing")), "run_id"].tolist()
 path_run = st.selectbox("λ path of a mixing run", [NO_PATH, *mixing], key="pareto_path_run")
 path = lam = None
 if path_run != NO_PATH:

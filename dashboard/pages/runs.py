@@ -9,8 +9,8 @@ from dashboard.launch import launch_form, show_first_run_if_needed
 from dashboard.queries import is_active, metric_curves, metric_names, run_info, runs_table
 from dashboard.tables import config_diff
 from dashboard.widgets import chart, table, terminal_text, untrusted
-from engine.runner import cancel, tail_log
-from engine.store import StoreError
+from engine.store.jobs import cancel, tail_log
+from engine.store.runs import StoreError
 
 LIVE_SECONDS = 3.0
 PREFERRED_METRICS = ("loss", "train/loss", "rewards/margins", "mix/F_hat")

@@ -42,8 +42,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from datasets import Dataset
 
-from engine.data.demo import prompt_of
+from engine.data.demo.corpus import prompt_of
 from engine.data.validation import DataError, check_json_file, row_error
+from engine.errors import InputError
 from engine.paths import data_dir
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def split_transcript(transcript: str) -> tuple[str, str]:
     "\\n\\nAssistant:", the response is the rest, so prompt + response == transcript."""
     cut = transcript.rfind(ASSISTANT_MARKER)
     if cut < 0:
-        raise ValueError("no '\\n\\nAssistant:' turn in the transcript")
+        raise InputError("no '\\n\\nAssistant:' turn in the transcript")
     cut += len(ASSISTANT_MARKER)
     return transcript[:cut], transcript[cut:]
 
@@ -362,7 +363,7 @@ def load_prompts(source: str, split: str = "train", subset: str | None = None, l
     """A prompt set as a Dataset with a string column prompt (plus label when the source has one).
 
     - text(/label) rows (IMDb, the MPO paper's sentiment task): the review's first 2-4 words, drawn as for the
-      offline demo corpus (engine.data.demo.prompt_of, seeded) after removing HTML breaks, so that the demo stays
+      offline demo corpus (engine.data.demo.corpus.prompt_of, seeded) after removing HTML breaks, so that the demo stays
       a faithful stand-in (the paper's own prefix length is not something we could confirm);
     - preference data: its prompts, rendered exactly as load_preferences renders them, duplicates removed;
     - a prompt column: strings verbatim, message lists rendered and ended with "\\n\\nAssistant:".

@@ -22,10 +22,12 @@ from typing import Any, Literal
 
 from datasets import Dataset
 
+from engine.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad preference data or tokenizer; the message says where, what and how to fix it, on one line."""
 
 
