@@ -16,10 +16,10 @@ import time
 
 import pandas as pd
 
-from engine.store import jobs as runner
 from engine.__main__ import main
 from engine.config import config_from_dict, config_to_dict
 from engine.paths import REPO_ROOT, RunLayout
+from engine.store import jobs as runner
 from engine.store.runs import RunWriter, StoreReader, read_run
 from tests.test_reliability import (
     CALL_SUMMARY,

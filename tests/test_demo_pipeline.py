@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from engine.config import LoraSection
 from engine.judges import ConcisenessScorer, SentimentScorer
 from engine.paths import REPO_ROOT
 from engine.recipes.demo_run import StageFailed, demo_run, vllm_ready
@@ -258,7 +259,8 @@ def test_vllm_ready_merges_lora_adapters(tmp_path):
     base = tiny_llama(tokenizer, LMSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
     base.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
-    adapted = load_model(tmp_path / "base", lora={"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj"]})
+    adapted = load_model(tmp_path / "base", lora=LoraSection(r=2, alpha=4, dropout=0.0,
+                                                                 target_modules=["q_proj"]))
     with torch.no_grad():
         for name, param in adapted.named_parameters():
             if "lora_B" in name:

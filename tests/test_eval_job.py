@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy import stats
 
-from engine.decoding import generation
 from engine.config import config_from_dict, config_to_dict
 from engine.data.demo.corpus import generate_corpus
 from engine.data.demo.models import LMSpec, train_tokenizer
+from engine.decoding import generation
 from engine.evaluation import ELO_PER_LOGIT, bradley_terry, length_controlled_win_rate, win_rate
 from engine.judges import lexicon_polarity
 from engine.recipes.evaluation import eval_command, evaluate_models, mean_ci, resolve_models, reward_margins

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine.store import jobs as runner
 from engine.paths import REPO_ROOT
+from engine.store import jobs as runner
 from engine.store.runs import RunWriter, StoreReader, read_run
 from tests.test_reliability import dpo_config, wait_for
 

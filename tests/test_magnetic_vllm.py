@@ -18,7 +18,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 import engine.recipes.magnetic_selfplay as magnetic_po
-from engine.config import config_from_dict
+from engine.config import LoraSection, config_from_dict
 from engine.config.checks import ConfigError
 from engine.decoding.rollouts import merged_weights, rollout_from_token_ids, sample
 from engine.methods.magnetic_po.config import MagneticPOParams
@@ -122,7 +122,7 @@ def test_completions_become_the_tensors_sample_builds(world):
 
 
 def test_lora_weights_are_sent_merged_without_touching_the_policy(world):
-    policy = load_model(world.sft, lora=LORA)
+    policy = load_model(world.sft, lora=LoraSection(**LORA))
     with torch.no_grad():  # lora_B starts at 0 (a zero delta); give the adapters something to merge
         for name, param in policy.named_parameters():
             if "lora_B" in name:

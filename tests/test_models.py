@@ -15,8 +15,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from engine.config import ConfigError, LoraSection
 from engine.data.demo.models import LMSpec, perplexity, tiny_llama
-from engine.models.loading import LoraSettings, load_model, load_tokenizer, resolve_dtype, torch_threads
+from engine.models.loading import load_model, load_tokenizer, resolve_dtype, torch_threads
 
 _RELOAD_SCRIPT = """
 import json, sys, torch
@@ -104,16 +105,16 @@ def test_perplexity_matches_token_by_token_computation(tiny_tokenizer_dir):
 
 def test_lora_wraps_model_and_starts_as_identity(demo_world):
     base = load_model(demo_world["sft"])
-    wrapped = load_model(demo_world["sft"], lora={"r": 4, "alpha": 8, "dropout": 0.0,
-                                                  "target_modules": ["q_proj", "v_proj"]})
+    wrapped = load_model(demo_world["sft"], lora=LoraSection(r=4, alpha=8, dropout=0.0,
+                                                             target_modules=["q_proj", "v_proj"]))
     trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert any("q_proj.lora_A" in n for n in trainable) and not any("k_proj" in n for n in trainable)
     ids = torch.tensor([[1, 10, 20, 30]])
     with torch.no_grad():  # LoRA's B matrices start at zero, so the wrapped model computes the same function
         torch.testing.assert_close(wrapped(input_ids=ids).logits, base(input_ids=ids).logits)
-    with pytest.raises(ValueError, match="lora.r"):
-        LoraSettings(r=0)
+    with pytest.raises(ConfigError, match="model.lora.r: must be > 0"):
+        LoraSection(r=0).validate("model.lora")
 
 
 def test_loader_errors_name_the_field(tmp_path, tiny_tokenizer_dir):

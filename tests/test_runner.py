@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from engine.store import jobs as runner
 from engine.paths import REPO_ROOT
+from engine.store import jobs as runner
 from engine.store.runs import StoreReader, read_run
 
 # A job that logs a metric every 20 ms until stopped; with IGNORE_TERM it survives SIGTERM.

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import time
 
-from engine.store import jobs as runner
 from engine.config import config_from_dict, config_to_dict
+from engine.store import jobs as runner
 from engine.store.runs import ACTIVE, StoreReader
 from tests.test_reliability import alone_metrics, assert_same_metrics, dpo_config, served_metrics
 
