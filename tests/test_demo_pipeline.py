@@ -240,7 +240,7 @@ def test_a_failed_stage_stops_the_demo(demo, monkeypatch, tmp_path):
         {"name": "selfplay", "config": "magnetic_demo.yaml", "overrides": {"data": {"limit": 1}}},  # 1 prompt, 3 rounds
         {"name": "mallows", "config": "mallows_demo.yaml", "overrides": {"training": {"max_steps": 1}}}])
     before = set(list_run_ids())
-    with pytest.raises(StageFailed, match=r"selfplay \(.*magnetic_po.*\) failed: ValueError: data\.train"):
+    with pytest.raises(StageFailed, match=r"selfplay \(.*magnetic_po.*\) failed: InputError: data\.train"):
         demo_run(spec)
     new = [read_run(r) for r in set(list_run_ids()) - before]
     assert sorted(r["method"] for r in new) == ["demo", "magnetic_po"]

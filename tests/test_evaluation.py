@@ -295,7 +295,7 @@ def test_batched_strength_fit_equals_scikit_learn_per_resample():
     """The bootstrap's one batched Newton solve gives, for every weighting, scikit-learn's own regularised fit."""
     from sklearn.linear_model import LogisticRegression
 
-    from engine.evaluation import _PRIOR_C, _design, _fit_strengths
+    from engine.theory.statistics import _PRIOR_C, _design, _fit_strengths
 
     rng = np.random.default_rng(3)
     n_models, n_groups = 6, 25

@@ -137,7 +137,10 @@ def _defaults(node: ast.AST):
         yield from ((a.arg, d) for a, d in zip(positional[len(positional) - len(node.defaults):], node.defaults))
         yield from ((a.arg, d) for a, d in zip(node.kwonlyargs, node.kw_defaults) if d is not None)
     elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-        yield node.target.id, node.value
+        value = node.value  # field(default=X, metadata=...) declares the default X
+        if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "field":
+            value = next((k.value for k in value.keywords if k.arg == "default"), value)
+        yield node.target.id, value
 
 
 def _is_true(node: ast.expr | None) -> bool:

@@ -21,7 +21,7 @@ from engine.models.loading import load_model, load_tokenizer, resolve_dtype, tor
 
 _RELOAD_SCRIPT = """
 import json, sys, torch
-from engine.models import load_model, load_tokenizer
+from engine.models.loading import load_model, load_tokenizer
 path, text, out = sys.argv[1:4]
 tok = load_tokenizer(path)
 model = load_model(path)
