@@ -8,7 +8,8 @@ here, no download; the demo tokenizer, so token ids stay below the 151,936-row v
 * train: DPO-family steady step throughput (tokens/s after warm-up steps, bench/train_throughput.py's entries, each
   in a fresh process) and MFU, against stock TRL `DPOTrainer` with and without `precompute_ref_log_probs`; MRPO K=3
   against K=1. 16 sequences x 512 tokens per step.
-* generate: tokens/s at batch 64, 128 new tokens, of engine.decoding.generation's transformers backend (what ``cache="auto"``
+* generate: tokens/s at batch 64, 128 new tokens, of engine.decoding.generation's transformers backend
+  (what ``cache="auto"``
   picks, the static bucketed cache eager, and static + torch.compile) against plain ``model.generate``; the first
   (compiling) call is timed apart.
 * mix: mixed decoding of K=3 LoRA experts batched on the shared base, and K=3 separate models, against one policy

@@ -136,7 +136,8 @@ def run_entry(entry: str, setup: Setup, out: str) -> dict:
         trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer,
                              callbacks=[clock])
     else:
-        trainer = get_method(method).load_trainer()(model=policy, args=args, train_dataset=data, processing_class=tokenizer,
+        trainer = get_method(method).load_trainer()(model=policy, args=args, train_dataset=data,
+                                   processing_class=tokenizer,
                                    method_params=cfg.params, callbacks=[clock])
     built = time.perf_counter()  # model loaded, data tokenized, every reference pass done
     trainer.train()
@@ -273,7 +274,7 @@ def compare(args: argparse.Namespace) -> int:
             print(f"  {k:10} / mrpo_k1         = {speed[k] / speed['mrpo_k1']:.2f}x"
                   f"  ({extra:+.1f} s in all, {before:+.1f} s of it before the first step: the extra references' pass)")
     if "trl_stock" in results:
-        print(f"peak memory vs stock TRL without precompute: " + ", ".join(
+        print("peak memory vs stock TRL without precompute: " + ", ".join(
             f"{k} {results[k]['peak_mib'] / results['trl_stock']['peak_mib']:.2f}x" for k in results
             if k != "trl_stock"))
     return 0

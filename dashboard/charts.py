@@ -90,11 +90,20 @@ def lambda_chart(path: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def _labels(points: pd.DataFrame) -> list[str]:
+    """What is written beside each point: models and named mixture points (lambda*, experts, reference) by name;
+    the many grid estimates stay unlabelled, their weights are in the hover."""
+    labels = points["label"] if "label" in points else points["name"]
+    return ["" if label == "grid" else html.escape(str(label)) for label in labels]
+
+
 def _hover(points: pd.DataFrame, objectives: Sequence[str]) -> list[str]:
     lines = []
     for row in points.to_dict("records"):
         parts = [f"<b>{html.escape(str(row['name']))}</b>", f"kind: {html.escape(str(row['kind']))}",
                  f"run: {html.escape(str(row['run_id']))}"]
+        if row.get("distribution"):
+            parts.append(f"distribution: {html.escape(str(row['distribution']))}")
         if row["weights"]:
             parts.append(f"weights: {html.escape(str(row['weights']))}")
         if row["ess"] is not None and not pd.isna(row["ess"]):
@@ -129,16 +138,21 @@ def pareto_chart(points: pd.DataFrame, objectives: Sequence[str], path: pd.DataF
         return {axis: frame[col].to_numpy() for axis, col in axes.items()}
 
     fig = go.Figure()
-    for kind, part in points.groupby("kind", sort=True):
-        marker = {"symbol": _KIND_SYMBOLS.get(kind, "circle"), "size": 5 if three else 10}
-        fig.add_trace(scatter(**coords(part), mode="markers", name=html.escape(kind), marker=marker,
-                              text=_hover(part, objectives), hovertemplate="%{text}<extra></extra>", meta=kind))
-    front = front_order(points, objectives[0], objectives[1])
-    if len(front):
-        fig.add_trace(scatter(**coords(front), mode="markers" if three else "lines+markers", name="Pareto front",
-                              line=None if three else {"dash": "dot"},
-                              marker={"size": 3 if three else 4, "color": "black"},
-                              hoverinfo="skip", meta="front"))
+    distributions = points["distribution"] if "distribution" in points else pd.Series("", index=points.index)
+    # one legend group and one front per distribution: points of different distributions are never compared
+    for distribution, group in points.groupby(distributions, sort=True):
+        legend = {"legendgroup": distribution, "legendgrouptitle_text": html.escape(str(distribution)) or None}
+        for kind, part in group.groupby("kind", sort=True):
+            marker = {"symbol": _KIND_SYMBOLS.get(kind, "circle"), "size": 5 if three else 10}
+            fig.add_trace(scatter(**coords(part), mode="markers+text", name=html.escape(kind), marker=marker,
+                                  text=_labels(part), textposition="top center", hovertext=_hover(part, objectives),
+                                  hovertemplate="%{hovertext}<extra></extra>", meta=kind, **legend))
+        front = front_order(group, objectives[0], objectives[1])
+        if len(front):
+            fig.add_trace(scatter(**coords(front), mode="markers" if three else "lines+markers",
+                                  name="Pareto front", line=None if three else {"dash": "dot"},
+                                  marker={"size": 3 if three else 4, "color": "black"},
+                                  hoverinfo="skip", meta="front", **legend))
     if path is not None and len(path):
         fig.add_trace(scatter(**coords(path), mode="lines+markers", name="λ path (estimated)",
                               marker={"size": 3}, text=[f"step {s}<br>λ={html.escape(w)}" for s, w in

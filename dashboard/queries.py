@@ -205,7 +205,8 @@ def mixing_runs() -> list[str]:
     """Mixing runs whose samples are stored (the mixer needs them), newest first."""
     from engine.recipes.mixing_estimates import samples_path
 
-    return [j["run_id"] for j in list_jobs() if family_of(j["method"]) == "mixing" and samples_path(j["run_id"]).exists()]
+    return [j["run_id"] for j in list_jobs()
+            if family_of(j["method"]) == "mixing" and samples_path(j["run_id"]).exists()]
 
 
 def mixing_objectives(run_id: str) -> list[str]:

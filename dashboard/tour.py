@@ -1,7 +1,7 @@
 """A tour of the dashboard after the demo: every page opened in headless Chromium, what it draws read back from the
 page, and a screenshot of each. The README's screenshots come from here, against the store the full demo filled:
 
-    python -m dashboard.tour --out docs/screenshots      # PREFLAB_DATA (default data/) after `python -m engine demo run`
+    python -m dashboard.tour --out docs/screenshots     # PREFLAB_DATA (default data/) after `python -m engine demo run`
 
 The test-scale demo test (tests/test_demo_pipeline.py) runs the same tour in CI and checks what each page shows.
 Like dashboard/server.py, nothing in the dashboard or the engine imports this module.

@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
@@ -45,7 +45,27 @@ class Scorer(Protocol):
 
 
 class Judge(Protocol):
+    # Where text `a` was shown to the judge for each verdict: "a" (first only, so position bias stays in) or
+    # "ab" (both orders averaged, or a judge that never sees an order). The evaluation stores it with each verdict.
+    positions: str
+
     def prob_a_beats_b(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> np.ndarray: ...
+
+
+BOTH_ORDERS, FIRST_ONLY = "ab", "a"
+
+
+def both_orders(prob_first: Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray],
+                prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+    """Position-debiased P(A beats B) = (p(a, b) + 1 - p(b, a)) / 2 from a judge that sees one order per call.
+
+    Both orders go to `prob_first` in one call (one batch, one request pool). Written 0.5 + (p(a, b) - p(b, a)) / 2,
+    which is exact in floating point: P(a, b) + P(b, a) = 1 and identical texts give 1/2, a tie, not a win by a
+    rounding error (the preference game of MagMPO and a model judged against itself need both).
+    """
+    n = len(prompts)
+    p = np.asarray(prob_first([*prompts, *prompts], [*a, *b], [*b, *a]), dtype=float)
+    return 0.5 + (p[:n] - p[n:]) / 2.0
 
 
 def _check_lengths(**columns: Sequence[str]) -> int:
@@ -147,6 +167,8 @@ class RewardModelScorer:
 class ScorerJudge:
     """Bradley-Terry: P(A beats B) = sigmoid((s_A - s_B) / temperature) for any scorer."""
 
+    positions = BOTH_ORDERS  # each text is scored alone: there is no order to be biased by
+
     def __init__(self, scorer: Scorer, temperature: float = 1.0) -> None:
         if temperature <= 0:
             raise InputError(f"temperature must be positive, got {temperature}")
@@ -176,7 +198,7 @@ def _answer_token_ids(tokenizer, cue: str, labels: tuple[str, str]) -> list[int]
 class LMJudge:
     """A local causal LM asked which continuation is better: P(A) = softmax over the logits of the two labels.
 
-    `symmetrize` averages with the swapped order, (p(a, b) + 1 - p(b, a)) / 2, which removes position bias and makes
+    `symmetrize` averages with the swapped order (`both_orders`), which removes position bias and makes
     P(A beats B) + P(B beats A) = 1 exactly (the preference game of MagMPO needs that).
     """
 
@@ -194,6 +216,7 @@ class LMJudge:
         self.model = load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         self.label_ids = _answer_token_ids(self.tokenizer, cue, labels)
         self.template, self.symmetrize, self.batch_size, self._torch = template, symmetrize, batch_size, torch
+        self.positions = BOTH_ORDERS if symmetrize else FIRST_ONLY
 
     def _prob_first(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         torch, out = self._torch, []
@@ -209,8 +232,7 @@ class LMJudge:
 
     def prob_a_beats_b(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         _check_lengths(prompts=prompts, a=a, b=b)
-        p = self._prob_first(prompts, a, b)
-        return (p + 1.0 - self._prob_first(prompts, b, a)) / 2.0 if self.symmetrize else p
+        return both_orders(self._prob_first, prompts, a, b) if self.symmetrize else self._prob_first(prompts, a, b)
 
 
 class JudgeRequestError(PrefLabError, RuntimeError):
@@ -221,15 +243,17 @@ class OpenAIJudge:
     """An OpenAI-compatible /chat/completions endpoint (vLLM, llama.cpp, OpenAI) answering "A" or "B".
 
     P(A) comes from the first token's top log-probs when the server returns them, else from the answer text (1, 0,
-    or 0.5 with a warning when unreadable). Transient failures (timeouts, 429, 5xx) are retried with exponential
-    backoff; the API key is read from the environment variable `api_key_env` and never logged.
+    or 0.5 with a warning when unreadable). `symmetrize` (default) asks both orders and averages them, as LMJudge
+    does: chat judges favour one position, and a single order would put that bias into every win rate (twice the
+    requests). Transient failures (timeouts, 429, 5xx) are retried with exponential backoff; the API key is read
+    from the environment variable `api_key_env` and never logged.
     """
 
     _RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 30.0,
                  max_retries: int = 3, backoff: float = 1.0, template: str = _JUDGE_TEMPLATE,
-                 max_workers: int = 4) -> None:
+                 max_workers: int = 4, symmetrize: bool = True) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise InputError(f"base_url must start with http:// or https://, got {base_url!r}")
         if not model:
@@ -239,6 +263,7 @@ class OpenAIJudge:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key_env, self.timeout = model, api_key_env, timeout
         self.max_retries, self.backoff, self.template, self.max_workers = max_retries, backoff, template, max_workers
+        self.symmetrize, self.positions = symmetrize, BOTH_ORDERS if symmetrize else FIRST_ONLY
 
     def _post(self, payload: dict) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -282,10 +307,13 @@ class OpenAIJudge:
         warnings.warn(f"judge at {self.url} answered {answer!r}, neither A nor B; counted as a tie", stacklevel=2)
         return 0.5
 
-    def prob_a_beats_b(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
-        _check_lengths(prompts=prompts, a=a, b=b)
+    def _prob_first(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
             return np.array(list(pool.map(self._ask, prompts, a, b)), dtype=float)
+
+    def prob_a_beats_b(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        _check_lengths(prompts=prompts, a=a, b=b)
+        return both_orders(self._prob_first, prompts, a, b) if self.symmetrize else self._prob_first(prompts, a, b)
 
 
 _SCORER_NAMES = "sentiment, conciseness, reward_model:<path>"

@@ -1,7 +1,8 @@
 """Bad input, each refused with one clear line before any expensive work, and with nothing written.
 
 The table drives the entry points a person uses: `python -m engine train --config FILE` (in process through
-engine.__main__.main, exit code 2 and one `error:` line), the training recipe a job runs (engine.recipes.preference), the data
+engine.__main__.main, exit code 2 and one `error:` line),
+the training recipe a job runs (engine.recipes.preference), the data
 loaders, model loading, mixture weights and the store commands. Before each case a run folder exists; after it the
 data folder must be byte for byte what it was, and model weights must not have been loaded unless loading them is
 what fails. Then property-based tests: random configs only ever raise ConfigError, random data files only DataError.
@@ -171,6 +172,15 @@ CASES = [
         "references": [str(c.world.sft), str(c.world.ref2)], "alpha": [1.0]})), r"mrpo\.alpha: needs one weight"),
     Case("config: mrpo primary reference is not the policy", lambda c: c.train_config(c.raw("mrpo", mrpo={
         "references": [str(c.world.ref2), str(c.world.sft)]})), r"mrpo\.references\[0\]: the primary reference"),
+    Case("config: mrpo official_k2 with three references", lambda c: c.train_config(c.raw("mrpo", mrpo={
+        "references": [str(c.world.sft), str(c.world.ref2), str(c.world.other_tokenizer_ref)],
+        "arwc_convention": "official_k2"})),
+         r"mrpo\.arwc_convention: official_k2 needs exactly 2 references \(got 3\)"),
+    Case("config: mrpo unknown virtual reference", lambda c: c.train_config(c.raw("mrpo", mrpo={
+        "references": [str(c.world.sft), str(c.world.ref2)], "virtual_ref": "arithmetic"})),
+         r"mrpo\.virtual_ref: must be one of harmonic, geometric \(got 'arithmetic'\)"),
+    Case("config: mallows phi without its warm start", lambda c: c.train_config(c.raw("mallows_po", mallows_po={
+        "variant": "phi", "dpo_warmup_ratio": 0.0})), r"mallows_po\.dpo_warmup_ratio: the phi variant needs > 0"),
     Case("config: mixing with one objective", lambda c: c.train_config(c.raw("mixing_po", mixing_po={
         "objectives": [{"name": "a", "train": str(c.world.prefs_train), "judge": "sentiment"}],
         "prompts": str(c.world.prompts)})), r"mixing_po\.objectives: mixing needs at least 2"),
@@ -181,6 +191,10 @@ CASES = [
     Case("config: reserved objective name", lambda c: c.train_config(c.raw("mixing_po", mixing_po={
         "objectives": [{"name": n, "train": str(c.world.prefs_train), "judge": "sentiment"}
                        for n in ("reference", "b")], "prompts": str(c.world.prompts)})), r"reserved name"),
+    Case("config: SIR decoding at a temperature other than 1", lambda c: c.train_config(c.raw("mixing_po", mixing_po={
+        "objectives": [{"name": n, "train": str(c.world.prefs_train), "judge": "sentiment"} for n in "ab"],
+        "prompts": str(c.world.prompts), "decode_mode": "sir_ref", "temperature": 0.5})),
+         r"mixing_po\.temperature: sir_ref samples pi_lambda at temperature 1"),
     Case("config: magnetic self-play of one", lambda c: c.train_config(c.raw("magnetic_po", magnetic_po={
         "group_size": 1, "prompts": str(c.world.prompts)})), r"magnetic_po\.group_size: self-play needs at least 2"),
     Case("config: model folder missing", lambda c: c.train_config(c.raw(model={"path": "models/nope"})),
@@ -196,7 +210,8 @@ CASES = [
     Case("config: LoRA dropout above 1", lambda c: c.train_config(c.raw(model={"lora": {"dropout": 2.0}})),
          r"model\.lora\.dropout: must lie in \[0, 1\)"),
     Case("config: LoRA dropout of 1 (every adapter input zeroed)",
-         lambda c: c.train_config(c.raw(model={"lora": {"dropout": 1.0}})), r"model\.lora\.dropout: must lie in \[0, 1\)"),
+         lambda c: c.train_config(c.raw(model={"lora": {"dropout": 1.0}})),
+         r"model\.lora\.dropout: must lie in \[0, 1\)"),
     Case("config: the data folder itself as a path", lambda c: c.train_config(c.raw(model={"path": "."})),
          r"model\.path: '\.' names no file or folder"),
     Case("config: a path under a user that does not exist", lambda c: c.train_config(

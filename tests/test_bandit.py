@@ -1,4 +1,4 @@
-"""engine/bandit.py: population minimisers of every loss against the optima of algorithms.md section 6.
+"""engine/theory/bandit.py: population minimisers of every loss against the closed-form optima of docs/methods.
 
 Each expected optimum is written out here from the document's formula (numpy, probabilities), so both
 ``solve`` (which runs engine.losses) and ``closed_form`` are checked against it.
@@ -71,7 +71,7 @@ def test_mallows_theta_removes_the_dispersion_of_theta_data(seed):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("phi", [0.05, 0.3, 0.7])
 def test_mallows_phi_on_data_from_its_own_link(seed, phi):
-    """Kendall-link data: every P_ij is reachable, so beta (h_i - h_j) = r_i - r_j (algorithms.md 2.2)."""
+    """Kendall-link data: every P_ij is reachable, so beta (h_i - h_j) = r_i - r_j (docs/methods/mallows_po.md)."""
     b, beta = make_bandit(4, seed), 0.5
     check("mallows_phi", b, b.ref_logps[0] + b.reward / beta, data="phi", beta=beta, phi=phi)
     # the solver's start (DPO on the same data) is elsewhere: the phi link itself moved the answer
@@ -96,7 +96,8 @@ def test_mrpo_fixed_alpha_without_clipping(seed):
 def test_mrpo_fixed_alpha_with_fixed_eps_clipping(seed):
     b, beta, alpha, eps = make_bandit(5, seed), 0.1, [0.4, 0.4, 0.2], 0.1
     primary = b.ref_logps[0]
-    clipped = [primary] + [np.clip(r, primary - eps * abs(primary), primary + eps * abs(primary)) for r in b.ref_logps[1:]]
+    clipped = [primary] + [np.clip(r, primary - eps * abs(primary), primary + eps * abs(primary))
+                           for r in b.ref_logps[1:]]
     assert np.mean(np.stack(clipped[1:]) != b.ref_logps[1:]) > 0.5  # clipping binds on most secondaries
     pi_tilde = harmonic_reference(np.stack(clipped), alpha)
     options = {"alpha": alpha, "eps_max": eps, "clip": True, "adaptive_eps": False}

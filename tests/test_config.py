@@ -51,8 +51,10 @@ def test_defaults_follow_the_algorithms_spec(demo_files):
     mrpo = config_from_dict({"method": "mrpo"}).params
     assert (mrpo.eps_max, mrpo.alpha, mrpo.clip) == (0.1, None, True)
     mix = config_from_dict({"method": "mixing_po", "mixing_po": MIXING}).params
-    assert (mix.eta, mix.samples_per_prompt, mix.md_steps, mix.temperature, mix.max_new_tokens) == (
-        0.02, 40, 2000, 0.5, 128)
+    assert (mix.eta, mix.samples_per_prompt, mix.md_steps, mix.max_new_tokens) == (0.02, 40, 2000, 128)
+    # the default decode samples pi_lambda at temperature 1, what lambda* is optimised for (issue 18), not the
+    # spec's token-level mixture at 0.5, which stays available as decode_mode: token
+    assert (mix.decode_mode, mix.temperature, mix.decoded_distribution()) == ("sir_token", 1.0, "sequence T=1")
     mag = config_from_dict({"method": "magnetic_po"}).params
     assert (mag.alpha, mag.group_size, mag.rounds) == (0.1, 4, 3)
 

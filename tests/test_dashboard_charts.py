@@ -124,10 +124,11 @@ def test_pareto_hover_names_the_point_and_escapes_markup():
     fig = charts.pareto_chart(points, ["x", "y"], path=pd.DataFrame({"step": [0, 5], "weights": ["[0.5, 0.5]",
                                                                                             "[0.6, 0.4]"],
                                                                    "x": [0.3, 0.4], "y": [0.5, 0.45]}))
-    hover = _trace(fig, "model").text[0]
+    hover = _trace(fig, "model").hovertext[0]
     assert "&lt;img src=x onerror=alert(1)&gt;" in hover and "<img" not in hover
-    assert "weights: [0.3, 0.7]" in _trace(fig, "mixture:estimate").text[0]
-    assert "ESS: 12.5" in _trace(fig, "mixture:estimate").text[0]
+    assert "<img" not in _trace(fig, "model").text[0]  # the label written beside the point is escaped too
+    assert "weights: [0.3, 0.7]" in _trace(fig, "mixture:estimate").hovertext[0]
+    assert "ESS: 12.5" in _trace(fig, "mixture:estimate").hovertext[0]
     path = _trace(fig, "λ path (estimated)")
     assert list(path.x) == [0.3, 0.4] and list(path.y) == [0.5, 0.45]
 

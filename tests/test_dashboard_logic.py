@@ -198,6 +198,34 @@ def test_pareto_table_keeps_grid_points_apart_counts_each_point_once_and_marks_t
     assert queries.score_objectives() == ["c", "s"]
 
 
+def test_pareto_fronts_are_drawn_per_distribution(data_root):
+    """An estimate of pi_lambda at temperature 1 neither dominates nor is dominated by points sampled from another
+    distribution: each distribution has its own front, and the chart draws one front per distribution."""
+    from dashboard import charts, queries
+
+    mix = RunWriter("r")
+    estimate = [{**row, "distribution": "sequence T=1"} for row in _mixture_rows([("lambda*", [0.5, 0.5], 9.0,
+                                                                                  (0.9, 0.9))])]
+    token = [{**row, "distribution": "token T=0.5"} for row in _mixture_rows([("lambda*", [0.5, 0.5], None,
+                                                                               (0.5, 0.5))], kind="generated")]
+    mix.append("mixtures", estimate + token)
+    RunWriter("e").append("evaluations", [{"model": "m", "metric": f"score/{o}", "value": v, "distribution": d}
+                                          for o, v, d in (("s", 0.4, "token T=0.5"), ("c", 0.6, "token T=0.5"))])
+    RunWriter("old").append("evaluations", [{"model": "legacy", "metric": f"score/{o}", "value": 0.1}
+                                            for o in ("s", "c")])  # written before distributions were recorded
+    table = queries.pareto_table(["s", "c"])
+    points = table.set_index(["name", "kind"])
+    assert points["distribution"].to_dict() == {("lambda* · r", "mixture:estimate"): "sequence T=1",
+                                                ("lambda* · r", "mixture:generated"): "token T=0.5",
+                                                ("m", "model"): "token T=0.5", ("legacy", "model"): "unknown"}
+    assert points["on_front"].all()  # the estimate at (0.9, 0.9) would dominate everything on one front
+    fig = charts.pareto_chart(table, ["s", "c"])
+    fronts = {t.legendgroup: set(zip(t.x, t.y)) for t in fig.data if t.name == "Pareto front"}
+    assert fronts == {"sequence T=1": {(0.9, 0.9)}, "token T=0.5": {(0.5, 0.5), (0.4, 0.6)}, "unknown": {(0.1, 0.1)}}
+    labels = {text for t in fig.data if t.name != "Pareto front" for text in t.text}
+    assert {"lambda*", "m", "legacy"} <= labels
+
+
 def test_estimate_path_equals_hand_importance_weighting():
     samples = mixing_samples()
     lam = pd.DataFrame([(step, o, w) for step, w0 in enumerate([0.5, 0.7, 0.9])

@@ -283,6 +283,7 @@ def test_demo_run_command_reports_the_wall_time(monkeypatch, capsys):
     from engine.__main__ import main
 
     seconds = {"prepare": 40.0, "dpo_sentiment": 70.0, "mixing": 250.0, "eval": 20.0, "total": 310.0}
-    monkeypatch.setattr(engine.recipes.demo_run, "demo_run", lambda *args, **kwargs: {"run_id": "r1", "seconds": seconds})
+    monkeypatch.setattr(engine.recipes.demo_run, "demo_run",
+                        lambda *args, **kwargs: {"run_id": "r1", "seconds": seconds})
     assert main(["demo", "run"]) == 0
     assert "demo finished in 310 s as run r1" in capsys.readouterr().out

@@ -1,7 +1,12 @@
 """The evaluation job against recomputation from what it stored: judge probabilities and scores by hand, statistics
 through engine/evaluation.py, log-probs by an unbatched forward pass, Bradley-Terry against its closed form."""
 
+import json
+import math
+import re
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pandas as pd
@@ -37,7 +42,8 @@ def world(tmp_path_factory):
         save_tiny_lm(paths[name], tokenizer, spec, corpus.text.tolist())
     short = corpus[corpus.continuation.str.split().str.len() <= 14]  # short pairs keep the scoring passes cheap
     pos, neg = short[short.label == 1].reset_index(), short[short.label == 0].reset_index()
-    pairs = pd.DataFrame({"prompt": pos.prompt[:12], "chosen": pos.continuation[:12], "rejected": neg.continuation[:12]})
+    pairs = pd.DataFrame({"prompt": pos.prompt[:12], "chosen": pos.continuation[:12],
+                          "rejected": neg.continuation[:12]})
     pairs.to_parquet(root / "pairs.parquet")
     corpus[["prompt"]].drop_duplicates().iloc[:12].to_parquet(root / "prompts.parquet")
     return {**{k: str(v) for k, v in paths.items()}, "pairs": str(root / "pairs.parquet"),
@@ -54,7 +60,8 @@ def test_evaluate_models_rows_equal_recomputation_from_stored_generations(world,
     writer, reader = RunWriter.create("ev1", method="eval", name="e", config={}, kind="eval"), StoreReader()
     frame = _evaluate(world, writer, reader)
     prompts = pd.read_parquet(world["prompts"])["prompt"].tolist()
-    gens = {m: reader.query("SELECT * FROM generations WHERE model = ? ORDER BY prompt_id", [m]) for m in ("sft", "policy")}
+    gens = {m: reader.query("SELECT * FROM generations WHERE model = ? ORDER BY prompt_id", [m])
+            for m in ("sft", "policy")}
     for model, g in gens.items():  # the stored texts are the model's own samples, in prompt order
         direct = generation.generate(world[model], prompts, PARAMS)
         assert g["prompt"].tolist() == prompts and g["output"].tolist() == direct.texts
@@ -71,7 +78,8 @@ def test_evaluate_models_rows_equal_recomputation_from_stored_generations(world,
     assert len(judged) == len(prompts) and set(judged["source"]) == {"bt:conciseness"}
     by_prompt = judged.set_index("prompt").loc[prompts]
     np.testing.assert_allclose(by_prompt["prob_a"], prob, rtol=1e-9)
-    assert by_prompt["output_a"].tolist() == a["output"].tolist() and by_prompt["output_b"].tolist() == b["output"].tolist()
+    assert by_prompt["output_a"].tolist() == a["output"].tolist() and \
+        by_prompt["output_b"].tolist() == b["output"].tolist()
     assert by_prompt["winner"].tolist() == ["a" if o == 1 else "b" if o == 0 else "tie" for o in outcomes]
 
     ev = reader.query("SELECT * FROM evaluations").set_index(["model", "metric"])
@@ -172,7 +180,8 @@ def test_reward_margins_equal_hand_computation(world, data_root):
     pol, ref = load_model(world["policy"]), load_model(world["sft"])
     pairs = pd.read_parquet(world["pairs"])
     h = [[_hand_logp(m, tok, p, r) for m in (pol, ref)] for p, r in
-         [(row.prompt, row.chosen) for row in pairs.itertuples()] + [(row.prompt, row.rejected) for row in pairs.itertuples()]]
+         [(row.prompt, row.chosen) for row in pairs.itertuples()]
+         + [(row.prompt, row.rejected) for row in pairs.itertuples()]]
     h = np.array(h)
     n, beta = len(pairs), 0.3
     margins = beta * ((h[:n, 0] - h[:n, 1]) - (h[n:, 0] - h[n:, 1]))
@@ -189,7 +198,8 @@ def test_reward_margins_equal_hand_computation(world, data_root):
 
 
 def _fake_dpo_run(world, run_id):
-    """A finished DPO run: checkpoint-2 holds the policy, checkpoint-4 the reference itself, the final model the policy."""
+    """A finished DPO run: checkpoint-2 holds the policy, checkpoint-4 the reference itself,
+    the final model the policy."""
     cfg = config_from_dict({"method": "dpo", "model": {"path": world["sft"]}, "dpo": {"beta": 0.2},
                             "data": {"train": world["pairs"], "eval": world["pairs"]}})
     writer = RunWriter.create(run_id, method="dpo", name=run_id, config=config_to_dict(cfg))
@@ -249,3 +259,104 @@ def test_mean_ci_matches_scipy_percentile_bootstrap():
     ref = stats.bootstrap((values,), np.mean, n_resamples=9999, method="percentile", random_state=2).confidence_interval
     assert mean == pytest.approx(values.mean()) and low == pytest.approx(ref.low, rel=0.02)
     assert high == pytest.approx(ref.high, rel=0.02)
+
+
+# ---------------------------------------------------------------------------------------------- position bias
+
+POSITION_BIAS, PER_WORD = 2.0, 3.0  # logits: the first text shown gets +2; each word fewer +3 (it decides a pair)
+_SHOWN = re.compile(r"\nA: (.*)\nB: (.*)\nWhich continuation", re.DOTALL)
+
+
+def _biased_logit(first: str, second: str) -> float:
+    """The fake judge's logit that the text shown first wins: a position bias plus a real taste for brevity."""
+    return POSITION_BIAS + PER_WORD * (len(second.split()) - len(first.split()))
+
+
+class _BiasedJudge(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint whose top log-probs favour position A (a chat judge's usual position bias)."""
+
+    def do_POST(self):  # noqa: N802  (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        first, second = _SHOWN.search(body["messages"][0]["content"]).groups()
+        self.server.shown.append((first, second))
+        z = _biased_logit(first, second)
+        top = [{"token": "A", "logprob": -math.log1p(math.exp(-z))},
+               {"token": "B", "logprob": -math.log1p(math.exp(z))}]
+        payload = json.dumps({"choices": [{"message": {"content": "A"}, "logprobs": {"content": [
+            {"token": "A", "logprob": top[0]["logprob"], "top_logprobs": top}]}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def biased_judge():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BiasedJudge)
+    server.shown = []
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield server, f"openai:http://127.0.0.1:{server.server_address[1]}/v1#judge"
+    server.shutdown()
+    server.server_close()
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-np.asarray(z, dtype=float)))
+
+
+def test_a_position_biased_judge_gives_a_model_against_itself_one_half(world, data_root, biased_judge):
+    server, judge = biased_judge
+    writer, reader = RunWriter.create("evb", method="eval", name="e", config={}, kind="eval"), StoreReader()
+    frame = evaluate_models({"sft": world["sft"], "twin": world["sft"], "policy": world["policy"]}, world["prompts"],
+                            judge, writer, baseline="sft", scorers=[], params=PARAMS, progress=False, reader=reader)
+    gens = {m: reader.query("SELECT output FROM generations WHERE model = ? ORDER BY prompt_id", [m])["output"]
+            .tolist() for m in ("sft", "twin", "policy")}
+    assert gens["twin"] == gens["sft"]  # the same weights and seed: the same texts, so only position can decide
+    rates = frame.set_index("model")["win_rate"]
+    # Shown once, twin first, every pair would be a win (sigmoid(2) > 1/2): a win rate of 1. Both orders: 1/2.
+    assert _sigmoid(_biased_logit(gens["sft"][0], gens["sft"][0])) > 0.5
+    assert rates["twin"] == 0.5
+
+    # The policy against the sft model, by hand from the judge's rule and the stored texts, both orders averaged.
+    first = _sigmoid([_biased_logit(p, s) for p, s in zip(gens["policy"], gens["sft"])])
+    second = _sigmoid([_biased_logit(s, p) for p, s in zip(gens["policy"], gens["sft"])])
+    fair = (first + 1 - second) / 2
+    words = np.array([len(s.split()) - len(p.split()) for p, s in zip(gens["policy"], gens["sft"])])
+    expected = np.mean(np.where(words > 0, 1.0, np.where(words < 0, 0.0, 0.5)))  # the brevity taste alone
+    assert expected > 0.5 and rates["policy"] == pytest.approx(expected, abs=1e-12)  # the more concise model wins
+    assert np.mean(np.where(first > 0.5, 1.0, np.where(first < 0.5, 0.0, 0.5))) != expected  # bias would show
+    assert len(server.shown) == 2 * 2 * len(gens["sft"])  # two comparisons, each pair in both orders
+
+    # Stored with the order it was judged in, and read back through DuckDB from Parquet after compaction.
+    writer.compact()
+    stored = StoreReader().query("SELECT model_a, prompt, prob_a, winner, position FROM judgments WHERE model_a = "
+                                 "'policy' ORDER BY prompt")
+    prompts = pd.read_parquet(world["prompts"])["prompt"].tolist()
+    assert set(stored["position"]) == {"ab"} and len(stored) == len(prompts)
+    by_prompt = dict(zip(prompts, fair))
+    np.testing.assert_allclose(stored["prob_a"], [by_prompt[p] for p in stored["prompt"]], rtol=1e-9)
+
+
+def test_stored_verdicts_are_reused_only_for_the_same_order(world, data_root, biased_judge):
+    server, judge = biased_judge
+    models = {"sft": world["sft"], "twin": world["sft"]}
+    reader = StoreReader()
+    first = evaluate_models(models, world["prompts"], judge, RunWriter.create("e1", method="eval", name="e", config={},
+                            kind="eval"), baseline="sft", scorers=[], params=PARAMS, progress=False, reader=reader)
+    texts = reader.query("SELECT prompt, output FROM generations WHERE model = 'twin'")
+    # A verdict stored before positions were recorded (position NULL: twin shown first only) is not reused.
+    RunWriter("legacy").append("judgments", [{"source": judge, "prompt": p, "model_a": "twin", "model_b": "sft",
+                                              "output_a": o, "output_b": o, "prob_a": 1.0, "winner": "a"}
+                                             for p, o in zip(texts["prompt"], texts["output"])])
+    calls = len(server.shown)
+    again = evaluate_models(models, world["prompts"], judge, RunWriter.create("e2", method="eval", name="e",
+                            config={}, kind="eval"), baseline="sft", scorers=[], params=PARAMS, progress=False,
+                            reader=reader)
+    assert len(server.shown) == calls  # the both-orders verdicts of e1 were reused: no request
+    assert first.set_index("model")["win_rate"]["twin"] == again.set_index("model")["win_rate"]["twin"] == 0.5
+    positions = reader.query("SELECT run_id, count(*) AS n FROM judgments WHERE position = 'ab' GROUP BY run_id")
+    assert positions.set_index("run_id")["n"].to_dict() == {"e1": len(texts)}

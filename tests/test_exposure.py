@@ -205,7 +205,6 @@ def test_remote_code_is_off_unless_the_config_turns_it_on(tiny_world, data_root,
         pass
 
     config_load = transformers.AutoConfig.from_pretrained.__func__
-    model_load = transformers.AutoModelForCausalLM.from_pretrained.__func__
 
     def spy_config(cls, *args, **kwargs):
         seen.append(("config", kwargs.get("trust_remote_code", False)))

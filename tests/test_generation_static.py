@@ -1,4 +1,5 @@
-"""The static-cache, bucketed and compiled decode path of engine.decoding.generation against transformers' plain `generate`
+"""The static-cache, bucketed and compiled decode path of engine.decoding.generation
+against transformers' plain `generate`
 with a dynamic cache (the independent truth: same model, same prompts, greedy), and its bucket bookkeeping.
 
 The compiled path runs on CPU with a counting dynamo backend: it traces exactly what CUDA would compile, and counts

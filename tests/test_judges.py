@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -170,7 +171,8 @@ def endpoint():
 def test_http_judge_success_and_auth(endpoint, monkeypatch):
     server, url = endpoint
     monkeypatch.setenv("JUDGE_KEY", "sk-test")
-    judge = get_judge(f"openai:{url}#judge-model", api_key_env="JUDGE_KEY", max_workers=1)
+    # one order per pair, so that each scripted answer is one verdict (the answer parsing under test)
+    judge = get_judge(f"openai:{url}#judge-model", api_key_env="JUDGE_KEY", max_workers=1, symmetrize=False)
     server.script = [("logprobs", (0.6, 0.2)), ("text", "B"), ("text", " A."), ("text", "maybe")]
     with pytest.warns(UserWarning, match="neither A nor B"):
         p = judge.prob_a_beats_b(["x"] * 4, ["a1", "a2", "a3", "a4"], ["b1", "b2", "b3", "b4"])
@@ -180,10 +182,32 @@ def test_http_judge_success_and_auth(endpoint, monkeypatch):
     assert first["body"]["model"] == "judge-model" and "a1" in first["body"]["messages"][0]["content"]
 
 
+def test_http_judge_sees_both_orders_so_a_judge_that_always_answers_a_is_a_coin(endpoint):
+    server, url = endpoint  # an empty script: the server answers "A" to every request, whatever it is shown
+    judge = get_judge(f"openai:{url}#m")  # the default, as the evaluation and the self-play recipes build it
+    p, q = judge.prob_a_beats_b(["x"] * 2, ["a1", "a2"], ["b1", "b2"]), judge.prob_a_beats_b(["x"], ["b1"], ["a1"])
+    assert p.tolist() == [0.5, 0.5] and q.tolist() == [0.5]  # (1 + 1 - 1) / 2, exactly
+    shown = sorted(re.search(r"A: (\w+)\nB: (\w+)", s["body"]["messages"][0]["content"]).groups()
+                   for s in server.seen)
+    assert shown == [("a1", "b1"), ("a1", "b1"), ("a2", "b2"), ("b1", "a1"), ("b1", "a1"), ("b2", "a2")]
+    assert judge.positions == "ab"
+    raw = OpenAIJudge(url, "m", symmetrize=False)  # one order: the bias is the verdict
+    assert raw.prob_a_beats_b(["x"] * 2, ["a1", "a2"], ["b1", "b2"]).tolist() == [1.0, 1.0] and raw.positions == "a"
+
+
+def test_http_judge_averages_the_two_orders_by_hand(endpoint):
+    server, url = endpoint
+    # first (a, b): P(A) = 0.6 / (0.6 + 0.2) = 0.75; then (b, a): P(A) = 0.3 / (0.3 + 0.5) = 0.375
+    server.script = [("logprobs", (0.6, 0.2)), ("logprobs", (0.3, 0.5))]
+    p = OpenAIJudge(url, "m", max_workers=1).prob_a_beats_b(["x"], ["a"], ["b"])
+    assert p[0] == pytest.approx((0.75 + 1 - 0.375) / 2, abs=1e-12)
+    assert [s["body"]["messages"][0]["content"].count("A: a\nB: b") for s in server.seen] == [1, 0]
+
+
 def test_http_judge_retries_after_server_error(endpoint):
     server, url = endpoint
     server.script = [("status", 500), ("status", 503), ("text", "A")]
-    judge = OpenAIJudge(url, "m", max_retries=2, backoff=0.01, max_workers=1)
+    judge = OpenAIJudge(url, "m", max_retries=2, backoff=0.01, max_workers=1, symmetrize=False)
     assert judge.prob_a_beats_b(["x"], ["a"], ["b"])[0] == 1.0
     assert len(server.seen) == 3
 
@@ -196,8 +220,8 @@ def test_http_judge_errors_are_clear(endpoint):
         judge.prob_a_beats_b(["x"], ["a"], ["b"])
     server.script, server.seen = [("status", 401)], []
     with pytest.raises(JudgeRequestError, match="HTTP 401"):
-        OpenAIJudge(url, "m", max_retries=3, backoff=0.0).prob_a_beats_b(["x"], ["a"], ["b"])
-    assert len(server.seen) == 1  # a client error is not retried
+        OpenAIJudge(url, "m", max_retries=3, backoff=0.0, symmetrize=False).prob_a_beats_b(["x"], ["a"], ["b"])
+    assert len(server.seen) == 1  # a client error is not retried (one order: one request)
     with pytest.raises(JudgeRequestError, match="unreachable"):
         OpenAIJudge("http://127.0.0.1:9/v1", "m", max_retries=0).prob_a_beats_b(["x"], ["a"], ["b"])
 

@@ -229,7 +229,7 @@ def test_virtual_reference_hand_values():
 
 
 def mrpo_by_hand(pw, pl, rw, rl, beta, alpha=None, eps_max=0.1, clip=True, adaptive=True, geometric=False):
-    """MRPO for one pair, following algorithms.md 3.2 step by step with plain floats."""
+    """MRPO for one pair, following docs/methods/mrpo.md step by step with plain floats."""
     k = len(rw)
     if alpha is None:
         m = [abs(a - b) for a, b in zip(rw, rl)]
@@ -350,7 +350,8 @@ LOSSES = {
     "mallows_theta": lambda pw, pl, rw, rl, Rw, Rl: mallows_theta_loss(pw, pl, rw, rl, 0.3, (rw.abs() + 0.5)),
     "mallows_phi": lambda pw, pl, rw, rl, Rw, Rl: mallows_phi_loss(pw, pl, rw, rl, 0.3, 0.4),
     "mrpo": lambda pw, pl, rw, rl, Rw, Rl: mrpo_loss(pw, pl, Rw, Rl, 0.3),
-    "mrpo_fixed": lambda pw, pl, rw, rl, Rw, Rl: mrpo_loss(pw, pl, Rw, Rl, 0.3, [0.2, 0.3, 0.5], 0.05, adaptive_eps=False),
+    "mrpo_fixed": lambda pw, pl, rw, rl, Rw, Rl: mrpo_loss(pw, pl, Rw, Rl, 0.3, [0.2, 0.3, 0.5], 0.05,
+                                                           adaptive_eps=False),
     "mrpo_geometric": lambda pw, pl, rw, rl, Rw, Rl: mrpo_loss(pw, pl, Rw, Rl, 0.3, virtual_ref="geometric"),
 }
 
@@ -375,7 +376,7 @@ def test_gradcheck_virtual_reference():
 
 
 def test_dpo_gradient_formula():
-    """dL/dlogp(y_w) = -beta * sigmoid(-beta * Delta) (algorithms.md 1)."""
+    """dL/dlogp(y_w) = -beta * sigmoid(-beta * Delta) (docs/methods/dpo.md)."""
     pw, pl, rw, rl, _, _ = _policy_inputs(seed=2)
     beta = 0.3
     (grad_w,) = torch.autograd.grad(dpo_loss(pw, pl, rw, rl, beta).sum(), pw)

@@ -16,11 +16,11 @@ from scipy.special import softmax
 from engine.magnetic import (
     cyclic_game,
     duality_gap,
-    empirical_gap,
     magnetic_mirror_descent,
     magnetic_step,
     multiplicative_weights,
     nash_equilibrium,
+    pool_exploitability,
     random_preference_game,
     symmetrize_preferences,
 )
@@ -270,12 +270,22 @@ def test_symmetrize_removes_constant_position_bias():
     np.testing.assert_allclose(symmetrize_preferences(biased), payoff, atol=1e-12)
 
 
-def test_empirical_gap_is_the_gap_of_the_sampled_pool():
+def test_pool_exploitability_by_hand():
+    # prompt 0: candidates win .8 and .3 on average, prompt 1: .5 and .8; the best are .8 and .8
+    wins = [[[0.9, 0.7], [0.2, 0.4]], [[0.5, 0.5], [0.6, 1.0]]]
+    assert pool_exploitability(wins) == pytest.approx(0.3, abs=1e-12)
+    with pytest.raises(ValueError, match="wins"):
+        pool_exploitability([[0.5, 0.5]])
+
+
+def test_pool_exploitability_with_every_response_in_the_pool_is_half_the_gap():
     payoff = cyclic_game(3, [0.2, 0.6, 1.0])
-    pool = [0, 0, 1, 2, 2, 2]  # responses sampled from the policy, with repeats
-    raw = payoff[np.ix_(pool, pool)]
-    empirical_policy = np.array([2, 1, 3]) / 6
-    assert empirical_gap(raw) == pytest.approx(_gap(empirical_policy, payoff), abs=1e-12)
+    samples = [0, 0, 1, 2, 2, 2]  # the policy (2, 1, 3) / 6 as samples, repeats included
+    wins = payoff[np.ix_([0, 1, 2], samples)][None]
+    assert pool_exploitability(wins) == pytest.approx(_gap(np.array([2, 1, 3]) / 6, payoff) / 2, abs=1e-12)
+    # a policy collapsed onto response 0: the best of its own samples only ties it, the pool's response 2 beats it
+    collapsed = payoff[np.ix_([0, 1, 2], [0, 0, 0])][None]
+    assert pool_exploitability(collapsed) == pytest.approx(payoff[2, 0] - 0.5, abs=1e-12) and payoff[2, 0] > 0.5
 
 
 # ------------------------------------------------------------------------------------------------ validation

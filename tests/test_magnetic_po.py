@@ -1,5 +1,6 @@
-"""MagMPO self-play trainer: advantages by hand, k3 against the exact KL, log-probs against an unpadded forward,
-the magnet reset, and a short run that writes every promised metric (engine/trainers/magnetic_po.py)."""
+"""MagMPO self-play recipe: advantages by hand, the exact token KL, log-probs against an unpadded forward, the magnet
+reset, and a short run that writes every promised metric (engine/recipes/magnetic_selfplay.py). The update itself is
+checked against magnetic mirror descent in tests/test_magnetic_mmd.py."""
 
 from __future__ import annotations
 
@@ -14,26 +15,20 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 from engine.config import config_from_dict, load_config
 from engine.data.demo.corpus import generate_corpus
 from engine.data.demo.models import LMSpec, train_tokenizer
+from engine.decoding.rollouts import response_log_probs, sample, token_logps
 from engine.magnetic import cyclic_game, magnetic_mirror_descent, multiplicative_weights
+from engine.methods.magnetic_po.loss import self_play_advantages, token_kl
 from engine.models.loading import load_model, load_tokenizer
-from engine.recipes.magnetic_selfplay import (
-    SelfPlay,
-    k3_kl,
-    log_game_trace,
-    sample,
-    self_play_advantages,
-    token_logps,
-    train_magnetic,
-)
+from engine.recipes.magnetic_selfplay import SelfPlay, log_game_trace, train_magnetic
 from engine.store.runs import RunWriter
 from tests.worlds import save_tiny_lm
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SPEC = LMSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, steps=40, batch_size=16,
               block_size=64, lr=3e-3, seed=0)
-STEP_METRICS = ("loss", "learning_rate", "magmpo/adv_mean", "magmpo/adv_std", "magmpo/kl_to_magnet",
-                "magmpo/kl_to_sft", "magmpo/winrate_self", "magmpo/pref_asymmetry", "magmpo/response_length")
-ROUND_METRICS = ("magmpo/winrate_vs_magnet", "magmpo/winrate_vs_sft", "magmpo/gap")
+STEP_METRICS = ("loss", "learning_rate", "grad_norm", "magmpo/adv_std", "magmpo/kl_to_magnet", "magmpo/kl_to_sft",
+                "magmpo/kl_step", "magmpo/pref_asymmetry", "magmpo/response_length")
+ROUND_METRICS = ("magmpo/winrate_vs_magnet", "magmpo/winrate_vs_sft", "magmpo/exploitability")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -112,21 +107,12 @@ def test_advantages_refuse_groups_of_one():
         self_play_advantages(np.full((2, 1, 1), 0.5))
 
 
-def test_k3_is_nonnegative_zero_at_the_magnet_and_unbiased_for_the_kl():
+def test_token_kl_is_the_exact_kl_of_each_next_token_distribution():
     rng = torch.Generator().manual_seed(0)
-    policy = torch.log_softmax(torch.randn(7, generator=rng), dim=0)
-    magnet = torch.log_softmax(torch.randn(7, generator=rng), dim=0)
-    # Every vocabulary token as a one-token response; weighting by pi is the exact expectation under pi.
-    per_token = k3_kl(policy[:, None], magnet[:, None], torch.ones(7, 1))
-    assert torch.all(per_token >= 0)
-    exact = torch.sum(policy.exp() * (policy - magnet))
-    assert torch.sum(policy.exp() * per_token).item() == pytest.approx(exact.item(), rel=1e-5)
-    logps = torch.randn(3, 5, generator=rng)
-    assert torch.equal(k3_kl(logps, logps, torch.ones(3, 5)), torch.zeros(3))
-    # masked tokens do not count
-    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0]] * 3)
-    expected = k3_kl(logps[:, :2], logps[:, :2].flip(0), torch.ones(3, 2))
-    torch.testing.assert_close(k3_kl(logps, logps.flip(0), mask), expected)
+    p, q = torch.log_softmax(torch.randn(2, 3, 5, generator=rng, dtype=torch.float64), dim=-1).unbind(0)
+    by_hand = [sum(p[t, v].exp() * (p[t, v] - q[t, v]) for v in range(5)) for t in range(3)]
+    torch.testing.assert_close(token_kl(p, q), torch.stack(by_hand))
+    assert torch.all(token_kl(p, q) > 0) and torch.equal(token_kl(p, p), torch.zeros(3, dtype=torch.float64))
 
 
 # ---------------------------------------------------------------------------------------------- sampling, scoring
@@ -154,11 +140,11 @@ def test_token_logps_match_an_unpadded_forward(data):
 def test_magnet_equals_the_policy_after_a_refresh_and_sft_stays(data):
     cfg = _config()
     policy, tokenizer = load_model(data / "models" / "sft"), load_tokenizer(data / "models" / "sft")
-    play = SelfPlay(policy, tokenizer, CharLengthJudge(), cfg.params, learning_rate=1e-2, total_steps=4,
+    play = SelfPlay(policy, tokenizer, CharLengthJudge(), cfg.params, learning_rate=1e-2, total_steps=100,
                     warmup_steps=1, max_prompt_tokens=50)
     for seed in range(2):
         metrics = play.step(["The movie was", "This film"], seed=seed)
-    assert metrics["magmpo/kl_to_magnet"] > 0 and metrics["magmpo/winrate_self"] == pytest.approx(0.5)
+    assert metrics["magmpo/kl_to_magnet"] > 0 and metrics["magmpo/kl_step"] > 0
     moved = [not torch.equal(a, b) for a, b in zip(play.policy.parameters(), play.magnet.parameters())]
     assert any(moved)
     play.refresh_magnet()
@@ -168,8 +154,8 @@ def test_magnet_equals_the_policy_after_a_refresh_and_sft_stays(data):
     # right after a refresh the policy is its own magnet: the KL to the magnet is exactly 0
     rollout = play.sample(play.policy, ["The movie was"], 1.0, seed=5)
     with torch.no_grad():
-        kl = k3_kl(token_logps(play.policy, rollout), token_logps(play.magnet, rollout), rollout.response_mask)
-    assert torch.equal(kl, torch.zeros(1))
+        kl = token_kl(response_log_probs(play.policy, rollout), response_log_probs(play.magnet, rollout))
+    assert torch.equal(kl, torch.zeros_like(kl))
 
 
 # ---------------------------------------------------------------------------------------------- the recipe
@@ -186,7 +172,8 @@ def test_short_run_writes_every_metric_and_a_loadable_model(data, capsys):
     per_step = metrics[metrics.name == "loss"].step.tolist()
     assert per_step == [1, 2, 3, 4]  # max_steps 4 over 2 rounds
     for name in ROUND_METRICS:
-        assert sorted(metrics[metrics.name == name].step) == ([0, 2, 4] if name == "magmpo/gap" else [2, 4])
+        assert sorted(metrics[metrics.name == name].step) == ([0, 2, 4] if name == "magmpo/exploitability" else [2, 4])
+    assert metrics[metrics.name == "magmpo/exploitability"].value.between(-0.5, 0.5).all()
     evaluations = pd.read_json(writer.dir / "evaluations.jsonl", lines=True)
     assert list(zip(evaluations.model, evaluations.baseline)) == [
         ("magnetic_po/round1", "sft"), ("magnetic_po/round2", "magnetic_po/round1"), ("magnetic_po/round2", "sft")]

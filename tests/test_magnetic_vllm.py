@@ -26,9 +26,9 @@ from engine.models.loading import load_model, load_tokenizer
 from engine.recipes.magnetic_selfplay import SelfPlay, train_magnetic
 from engine.store.runs import RunWriter
 
-STEP_METRICS = ("loss", "learning_rate", "grad_norm", "magmpo/adv_mean", "magmpo/kl_to_magnet", "magmpo/kl_to_sft",
-                "magmpo/winrate_self", "magmpo/response_length")
-ROUND_METRICS = ("magmpo/winrate_vs_magnet", "magmpo/winrate_vs_sft", "magmpo/gap")
+STEP_METRICS = ("loss", "learning_rate", "grad_norm", "magmpo/adv_std", "magmpo/kl_to_magnet", "magmpo/kl_to_sft",
+                "magmpo/kl_step", "magmpo/response_length")
+ROUND_METRICS = ("magmpo/winrate_vs_magnet", "magmpo/winrate_vs_sft", "magmpo/exploitability")
 LORA = {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -50,7 +50,7 @@ def no_vllm(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
 
 
-def _config(world, backend: str = "auto", lora=None, temperature: float = 0.9):
+def _config(world, backend: str = "auto", lora=None):
     return config_from_dict({
         "method": "magnetic_po",
         "model": {"path": str(world.sft), "lora": lora},
@@ -58,8 +58,7 @@ def _config(world, backend: str = "auto", lora=None, temperature: float = 0.9):
         "training": {"learning_rate": 1e-2, "batch_size": 2, "max_steps": 4, "warmup_ratio": 0.0, "seed": 0,
                      "device": "cpu"},
         "magnetic_po": {"prompts": "heldout.parquet", "judge": "bt:conciseness", "alpha": 0.1, "rounds": 2,
-                        "group_size": 3, "max_new_tokens": 6, "temperature": temperature,
-                        "generation_backend": backend}})
+                        "group_size": 3, "max_new_tokens": 6, "generation_backend": backend}})
 
 
 # ---------------------------------------------------------------------------------------------- the config field
@@ -80,6 +79,18 @@ def test_asking_for_vllm_without_it_fails_at_load_time_and_before_any_model(worl
     with pytest.raises(ConfigError, match="generation_backend.*requirements-gpu.txt"):
         train_magnetic(cfg, RunWriter("vllm-missing"))
     assert loaded == []
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("temperature", 0.9, "temperature: self-play must sample from the policy at temperature 1 (got 0.9)"),
+    ("eta", 0.0, "eta: must be > 0 (got 0.0)"), ("eta", -1.0, "eta: must be > 0 (got -1.0)"),
+    ("inner_steps", 0, "inner_steps: must be > 0 (got 0)")])
+def test_the_mmd_fields_refuse_bad_values_in_one_line(world, field, value, message):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"method": "magnetic_po", "model": {"path": str(world.sft)},
+                          "data": {"train": str(world.prompts)},
+                          "magnetic_po": {"prompts": "heldout.parquet", field: value}})
+    assert str(err.value).startswith(f"config: magnetic_po.{message}") and "\n" not in str(err.value)
 
 
 def test_auto_is_transformers_here_and_vllm_only_where_it_is_installed_on_cuda(world, no_vllm, monkeypatch):
@@ -242,13 +253,18 @@ def test_a_run_samples_through_one_engine_synced_after_every_update(world, fake_
     assert len(fake_vllm.syncs) == cfg.training.max_steps + 1
     assert all(names == every_weight for names in fake_vllm.syncs)
     assert len(fake_vllm.in_sync) == len(fake_vllm.calls) and all(fake_vllm.in_sync)
-    # sampling parameters: G per prompt at the config's temperature for self-play and the gap pools (4 steps and
-    # 3 gap pools), one per prompt at the evaluation temperature for the held-out texts (3 times)
+    # sampling parameters, all at temperature 1: G per prompt for self-play (4 steps), POOL_SIZE for the reference
+    # pool (once) and EXPLOIT_SAMPLES for the exploitability (step 0 and 2 rounds); one per prompt at the evaluation
+    # temperature for the held-out texts (3 times)
     params = [p for call in fake_vllm.calls for p in call]
     kinds = [(call[0].n, call[0].temperature) for call in fake_vllm.calls]
-    assert kinds.count((cfg.params.group_size, cfg.params.temperature)) == 4 + 3
-    assert kinds.count((1, magnetic_po.EVAL_TEMPERATURE)) == 3 and len(kinds) == 10
-    assert all(p.max_tokens == cfg.params.max_new_tokens and p.top_p == 1.0 and p.top_k == 0 for p in params)
+    assert kinds.count((cfg.params.group_size, 1.0)) == 4
+    assert magnetic_po.POOL_SIZE == magnetic_po.EXPLOIT_SAMPLES and kinds.count((magnetic_po.POOL_SIZE, 1.0)) == 1 + 3
+    assert kinds.count((1, magnetic_po.EVAL_TEMPERATURE)) == 3 and len(kinds) == 11
+    # nothing but temperature shapes the distribution: vLLM's off values for every other processor
+    assert all(p.max_tokens == cfg.params.max_new_tokens and p.top_p == 1.0 and p.top_k == 0 and p.min_p == 0.0
+               and p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
+               and p.min_tokens == 0 for p in params)
     # vLLM seeds the i-th of n samples with the request's seed + i: every sampled row of a call has its own seed
     for call in fake_vllm.calls:
         rows = [p.seed + i for p in call for i in range(p.n)]
@@ -260,7 +276,7 @@ def test_a_run_samples_through_one_engine_synced_after_every_update(world, fake_
     for name in STEP_METRICS:
         assert sorted(metrics[metrics.name == name].step) == [1, 2, 3, 4], name
     for name in ROUND_METRICS:
-        assert sorted(metrics[metrics.name == name].step) == ([0, 2, 4] if name == "magmpo/gap" else [2, 4])
+        assert sorted(metrics[metrics.name == name].step) == ([0, 2, 4] if name == "magmpo/exploitability" else [2, 4])
     assert metrics.value.notna().all() and (writer.dir / "model" / "config.json").is_file()
 
 

@@ -2,7 +2,7 @@
 exact expectations on enumerable response sets, hand-computed log-softmaxes and optimisation theory.
 
 Every reference quantity here (F, its gradient J, its Hessian, exact mixtures) is recomputed in this file
-from the definitions in algorithms.md 4.1, not taken from the module under test.
+from the definitions in docs/methods/mixing_po.md, not taken from the module under test.
 """
 
 from __future__ import annotations

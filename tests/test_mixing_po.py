@@ -56,7 +56,7 @@ def _config():
         "training": {"max_steps": 4, "batch_size": 8, "learning_rate": 2e-3, "eval_every": 100, "device": "cpu",
                      "warmup_ratio": 0.0},
         "mixing_po": {"objectives": objectives, "beta": 0.1, "samples_per_prompt": 16, "md_steps": 300, "eta": 0.05,
-                      "max_new_tokens": 8, "temperature": 0.7, **EXTRAS}})
+                      "max_new_tokens": 8, **EXTRAS}})
     return cfg
 
 
@@ -134,6 +134,47 @@ def test_pipeline_writes_pareto_sweep_rows(run, in_world):
     assert ref.loc["kl", "score"] == pytest.approx(0.0, abs=1e-12)
     generations = StoreReader().query("SELECT model, count(*) AS n FROM generations GROUP BY model")
     assert dict(zip(generations["model"], generations["n"])) == {label: 4 * 3 for label in set(generated["label"])}
+    # the default decode (sir_token at temperature 1) samples the distribution the estimates describe
+    assert set(mixtures["distribution"]) == {"sequence T=1"}
+
+
+def test_the_result_is_certified_at_lambda_bar_on_every_prompt(run, in_world):
+    """balance() and the run's final metrics give F_hat and the duality gap of the returned average lambda_bar,
+    recomputed here from the stored log-ratios with plain numpy, not of the trace's last iterate on one prompt."""
+    samples = load_samples("mix-test")
+    result = balance("mix-test")
+    lam = np.array([result["weights"][n] for n in OBJECTIVES])
+    ell = samples.logratios.astype(np.float64)
+    h = ell @ lam
+    w = np.exp(h - h.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    j = np.einsum("nm,nmk->k", w, ell) / ell.shape[0]
+    f = np.mean(np.log(np.mean(np.exp(h), axis=1)))  # tiny log-ratios: plain exp is safe
+    assert result["F_hat"] == pytest.approx(f, abs=1e-10)
+    assert result["gap"] == pytest.approx(lam @ j - j.min(), abs=1e-10)
+    final = StoreReader().query("SELECT name, value FROM metrics WHERE name IN ('mix/F_hat_bar', 'mix/gap_bar')")
+    assert dict(zip(final["name"], final["value"])) == pytest.approx({"mix/F_hat_bar": f,
+                                                                      "mix/gap_bar": lam @ j - j.min()}, abs=1e-10)
+
+
+def test_decoded_points_report_implicit_rewards_and_the_max_min_value(run, in_world):
+    """Each generated point's implicit rewards J_k are the means of ell_k over its decoded responses, and its max-min
+    value is min_k J_k - KL; the reference has KL 0, so its value is min_k J_k exactly."""
+    rows = StoreReader().query("SELECT model, metric, value FROM evaluations WHERE run_id = 'mix-test'")
+    table = rows.pivot_table(index="model", columns="metric", values="value")
+    assert set(table.index) == {"lambda*", "expert:sentiment", "expert:conciseness", "reference", "dpo_union"}
+    rewards = table[[f"implicit_reward/{n}" for n in OBJECTIVES]]
+    assert table.loc["reference", "maxmin_value"] == pytest.approx(rewards.loc["reference"].min(), abs=1e-9)
+    # an expert is the sequence mixture at a vertex: KL = J_k - log Z(e_k), log Z from the eval prompts' samples
+    ell = load_samples("mix-test").logratios[: EXTRAS["eval_prompts"]]
+    for i, n in enumerate(OBJECTIVES):
+        log_z = np.mean(np.log(np.mean(np.exp(ell[:, :, i]), axis=1)))
+        kl = rewards.loc[f"expert:{n}", f"implicit_reward/{n}"] - log_z
+        assert table.loc[f"expert:{n}", "maxmin_value"] == pytest.approx(rewards.loc[f"expert:{n}"].min() - kl,
+                                                                         abs=1e-9)
+    margin = StoreReader().query("SELECT value FROM metrics WHERE name = 'check/maxmin_margin'")["value"]
+    others = table.drop(index="lambda*")["maxmin_value"].max()
+    assert margin.iloc[0] == pytest.approx(table.loc["lambda*", "maxmin_value"] - others, abs=1e-9)
 
 
 def test_estimates_agree_with_real_mixed_generations(run, in_world):
@@ -153,6 +194,7 @@ def test_mix_generate_scores_its_outputs(run, in_world):
     np.testing.assert_allclose([r["scores"]["conciseness"] for r in rows],
                                ConcisenessScorer().score(["The movie"] * 3, outputs))
     assert all(r["num_tokens"] <= 8 for r in rows)
+    assert {r["distribution"] for r in rows} == {"sequence T=1"}
     with pytest.raises(ValueError, match="unknown objective"):
         mix_generate("mix-test", {"humor": 1.0})
 

@@ -230,7 +230,7 @@ def _metrics_run(run_id: str, steps: int, compact: bool) -> Path:
 
 def test_damaged_run_files_are_named_and_the_other_runs_are_still_served(data_root, caplog, tmp_path):
     broken = _metrics_run("broken-parquet", 5, compact=True) / "metrics.parquet"
-    good = _metrics_run("good", 5, compact=True)
+    _metrics_run("good", 5, compact=True)
     live = _metrics_run("live", 3, compact=False)
     with (live / "metrics.jsonl").open("ab") as f:  # a line of stray bytes and one that is not JSON, mid-file
         f.write(b'{"run_id": "live", "step": 9, "name": "lo\xff\xfess", "value": 1}\n\x00\x00\x00 not json\n')

@@ -1,6 +1,7 @@
 """The DPO-family trainers on a tiny world: precomputed reference values, equality with stock TRL, learning, CLI."""
 
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -56,7 +57,8 @@ def build_trainer(world, method, data_root, steps=3, **sections):
     tok = load_tokenizer(world.sft)
     train, _ = truncate_pairs(load_preferences(str(world.prefs_train), limit=16), tok, cfg.data.max_length)
     args = training_arguments(cfg, data_root / "out", has_eval=False)
-    trainer = get_method(method).load_trainer()(model=load_model(world.sft), args=args, train_dataset=train, processing_class=tok,
+    trainer = get_method(method).load_trainer()(model=load_model(world.sft), args=args, train_dataset=train,
+                               processing_class=tok,
                                method_params=cfg.params)
     return trainer, cfg
 
@@ -164,3 +166,84 @@ def test_compiled_training_takes_the_same_steps_as_eager(tiny_world, data_root):
         trainer.train()
         losses[compiled] = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_mallows_phi_from_the_reference_moves_and_logs_only_what_its_loss_uses(tiny_world, data_root):
+    """At policy == reference every margin is 0, where the phi loss has zero gradient: without the DPO warm start
+    (the bandit lab's remedy) the run would never move. Its logs hold no theta quantity (c, beta * c * Delta)."""
+    trainer, _ = build_trainer(tiny_world, "mallows_po", data_root, steps=4, mallows_po={"variant": "phi"})
+    trainer.args.logging_steps = 1
+    trainer.train()
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(steps) == 4
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # -log sigmoid(0): DPO at the reference
+    assert all(h["grad_norm"] > 0 for h in steps)  # the phi steps move too, from the warm start's margins
+    assert all(h["rewards/margins"] != 0 for h in steps[1:]) and steps[-1]["loss"] != steps[0]["loss"]
+    assert [h["mallows/dpo_warmup"] for h in steps] == [1.0, 0.0, 0.0, 0.0]  # ceil(0.1 * 4) = 1 DPO step
+    keys = set().union(*steps)
+    assert not [k for k in keys if k.startswith(("mallows/c_", "rewards_scaled/", "mallows/ref_entropy"))], keys
+
+
+def _g_phi(d: float, phi: float) -> float:
+    """The Kendall-tau Mallows pairwise law g_phi(d), d != 0, from its formula (docs/methods/mallows_po.md)."""
+    if d < 0:
+        return 1 - _g_phi(-d, phi)
+    return (d + 1) / (1 - phi ** (d + 1)) - d / (1 - phi**d)
+
+
+def test_mallows_phi_trains_with_dpo_for_the_warmup_steps_then_with_the_kendall_link(tiny_world, data_root):
+    trainer, _ = build_trainer(tiny_world, "mallows_po", data_root, mallows_po={
+        "variant": "phi", "phi": 0.3, "beta": 0.5, "dpo_warmup_ratio": 0.25})
+    trainer.state.max_steps = 10  # ceil(0.25 * 10) = 3 warm-up steps: global steps 0, 1 and 2
+    ref_w, ref_l = torch.tensor([-20.0, -31.0, -12.0]), torch.tensor([-25.0, -30.0, -12.5])
+    offset_w, offset_l = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([-1.0, 1.0, 3.0])
+    batch = {"ref_chosen_logps": ref_w, "ref_rejected_logps": ref_l,
+             "ref_chosen_entropy": torch.full((3,), 0.5), "ref_rejected_entropy": torch.full((3,), 0.5)}
+    margins = [0.5 * (w - l) for w, l in zip(offset_w.tolist(), offset_l.tolist())]  # beta * Delta: 1, -1.5, -1.25
+    dpo = [math.log1p(math.exp(-m)) for m in margins]
+    phi = [-math.log(_g_phi(m, 0.3)) for m in margins]
+    for step, training, expected in ((0, True, dpo), (2, True, dpo), (3, True, phi), (0, False, phi)):
+        trainer.state.global_step = step
+        trainer.model.train(training)  # evaluation always reports the phi loss, the method's objective
+        losses, logs = trainer.preference_loss(ref_w + offset_w, ref_l + offset_l, batch)
+        assert losses.tolist() == pytest.approx(expected, rel=1e-6), (step, training)
+        assert logs["mallows/dpo_warmup"] == float(expected is dpo)
+    theta, _ = build_trainer(tiny_world, "mallows_po", data_root)
+    _, logs = theta.preference_loss(ref_w + offset_w, ref_l + offset_l, batch)
+    assert {"mallows/c_mean", "rewards_scaled/margins"} <= set(logs) and "mallows/dpo_warmup" not in logs
+
+
+def test_mrpo_config_chooses_the_virtual_reference_and_the_arwc_convention(tiny_world, data_root):
+    """mrpo.virtual_ref and mrpo.arwc_convention from a config reach the loss: each changes it as computed by hand."""
+    references = [str(tiny_world.sft), str(tiny_world.ref2)]
+    trainer, _ = build_trainer(tiny_world, "mrpo", data_root, mrpo={"references": references})
+    refs_w, refs_l = [[-2.0, -3.0], [-4.0, -1.5]], [[-2.5, -1.0], [-3.0, -3.5]]  # [B, K], primary first
+    policy_w, policy_l = torch.tensor([-1.0, -3.0]), torch.tensor([-3.0, -2.0])
+    batch = {"ref_chosen_logps": torch.tensor([r[0] for r in refs_w]),
+             "ref_rejected_logps": torch.tensor([r[0] for r in refs_l]),
+             "refs_chosen_logps": torch.tensor(refs_w), "refs_rejected_logps": torch.tensor(refs_l)}
+    a = (0.7, 0.3)
+
+    def harmonic(logps, weights):  # log of (sum_k a_k / pi_k)^-1, from probabilities
+        return -math.log(sum(w / math.exp(lp) for w, lp in zip(weights, logps)))
+
+    def geometric(logps, weights):
+        return sum(w * lp for w, lp in zip(weights, logps))
+
+    def dpo(tilde):  # -log sigmoid(beta * Delta) against the virtual reference, beta 0.1
+        out = []
+        for pw, pl, rw, rl in zip(policy_w.tolist(), policy_l.tolist(), refs_w, refs_l):
+            out.append(math.log1p(math.exp(-0.1 * ((pw - tilde(rw)) - (pl - tilde(rl))))))
+        return out
+
+    cases = {("harmonic", "paper"): dpo(lambda r: harmonic(r, a)),
+             ("geometric", "paper"): dpo(lambda r: geometric(r, a)),
+             ("harmonic", "official_k2"): dpo(lambda r: harmonic(r, a[::-1]))}  # its weights sit on the other 1/pi
+    assert len({tuple(round(v, 9) for v in losses) for losses in cases.values()}) == 3  # each option matters here
+    for (virtual_ref, convention), expected in cases.items():
+        trainer.method_params = run_config(tiny_world, "mrpo", mrpo={
+            "references": references, "alpha": list(a), "clip": False, "virtual_ref": virtual_ref,
+            "arwc_convention": convention}).params
+        losses, logs = trainer.preference_loss(policy_w, policy_l, batch)
+        assert losses.tolist() == pytest.approx(expected, rel=1e-6), (virtual_ref, convention)
+        assert logs["mrpo/alpha_0"] == pytest.approx(a[1] if convention == "official_k2" else a[0])

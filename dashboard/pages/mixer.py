@@ -12,6 +12,7 @@ from dashboard import charts
 from dashboard.queries import mixing_lambda_star, mixing_prompts, mixing_runs, pareto_table
 from dashboard.simplex import one_hot, rebalance, snap
 from dashboard.widgets import chart, output_text, stop_unless
+from engine.decoding.distributions import SEQUENCE_T1
 from engine.recipes.mixing_estimates import balance, instant_estimate, load_samples
 
 st.title("Mixer")
@@ -58,13 +59,15 @@ if lam_star:
                  key="mixer_reset")
 balanced = st.session_state.get("mixer_balance_result")
 if balanced and balanced["run"] == run_id:
-    st.caption(f"Mirror descent on the stored log-ratios: duality gap {balanced['gap']:.4g}, "
-               f"F̂ {balanced['F_hat']:.4g}.")
+    st.caption(f"Mirror descent on the stored log-ratios: at the returned λ* (the averaged iterate, all stored "
+               f"prompts) the duality gap is {balanced['gap']:.4g} and F̂ {balanced['F_hat']:.4g}.")
 
 # ---------------------------------------------------------------------------------------------- estimate
 
 estimate = instant_estimate(samples, weights)
 st.subheader("Estimated scores (no generation)")
+st.caption(f"Estimates of the sequence-level mixture π_λ ∝ ∏ π_k^λ_k at temperature 1 ({SEQUENCE_T1}), the "
+           "distribution λ* is optimised for, from the run's stored reference samples.")
 columns = st.columns(k + 2)
 for column, objective in zip(columns, objectives):
     column.metric(objective, f"{estimate['scores'][objective]:.4f}",
@@ -103,8 +106,13 @@ if st.button("Generate", key="mixer_generate", disabled=not chosen):
 
 generated = st.session_state.get("mixer_generations")
 if generated and generated["run"] == run_id:
-    st.caption("weights " + ", ".join(f"{o} {w:.3f}" for o, w in zip(objectives, generated["weights"])))
     results = generated["results"]
+    sampled = results["mixture"][0]["distribution"]
+    st.caption("weights " + ", ".join(f"{o} {w:.3f}" for o, w in zip(objectives, generated["weights"]))
+               + f"; sampled from {sampled}")
+    if sampled != SEQUENCE_T1:
+        st.warning(f"This run decodes {sampled}, not the distribution the estimates above describe "
+                   f"({SEQUENCE_T1}): their scores need not agree. decode_mode sir_token at temperature 1 samples it.")
     for j, row in enumerate(results["mixture"]):
         st.markdown(f"**Prompt {j + 1}**")
         st.text(row["prompt"])

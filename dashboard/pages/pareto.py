@@ -22,7 +22,8 @@ stop_unless(len(picked) >= 2, "Pick two or three objectives.")
 kinds_present = sorted(pareto_table(picked)["kind"].unique())
 kinds = st.multiselect("Points", kinds_present, default=[k for k in kinds_present if k != "mixture:check"],
                        key="pareto_kinds", help="model: evaluated models; mixture:estimate: importance-weighted "
-                       "estimates of a sweep; mixture:generated: mixtures actually sampled and judged")
+                       "estimates of a sweep (of π_λ at temperature 1); mixture:generated: mixtures actually "
+                       "sampled and judged. Each distribution (legend group) has its own front.")
 
 runs = runs_table()
 mixing = runs.loc[runs["method"].isin(method_names(family="mixing")), "run_id"].tolist()
@@ -39,8 +40,9 @@ if points.empty:
     st.info("No point has scores on all the chosen objectives.")
 else:
     chart(charts.pareto_chart(points, picked, path=path), "pareto")
-    st.caption(f"{int(points['on_front'].sum())} of {len(points)} points are on the front (not dominated on "
-               f"{', '.join(picked)}).")
+    st.caption(f"{int(points['on_front'].sum())} of {len(points)} points are on a front (not dominated on "
+               f"{', '.join(picked)} by a point of the same distribution: "
+               f"{', '.join(sorted(points['distribution'].unique()))}).")
     table(points, "pareto_points", "pareto_points.csv")
 if lam is not None:
     if len(lam):

@@ -7,7 +7,7 @@ the Anthropic data already uses, so every source reads the same way:
     "\\n\\nHuman: {user}\\n\\nAssistant: {assistant}"   (a system message renders as "\\n\\nSystem: {content}")
 
 with the prompt ending in "\\n\\nAssistant:" and each response starting with its space. Plain text rather than
-TRL's conversational lists because every reference model must score the same text (algorithms.md §3.3: one shared
+TRL's conversational lists because every reference model must score the same text (docs/methods/mrpo.md: one shared
 plain template), and TRL's DPOTrainer takes plain prompt/chosen/rejected strings as they are.
 
 Formats, recognized by their columns (the hub and local files share the parsing code; only the read differs):

@@ -1,7 +1,8 @@
 """Generation backends: transformers (default, CPU or GPU) and vLLM (optional, GPU), plus a cache in the store.
 
 Defaults follow the MPO paper's evaluation: 128 new tokens at temperature 0.5, plain temperature sampling (no
-top-k: transformers' `generate` defaults to top_k=50, which would change the distribution being evaluated).
+top-k: transformers' `generate` defaults to top_k=50, which would change the distribution being evaluated; and no
+other logits processor a model's generation_config may switch on, see `sampling_kwargs`).
 
 `cached_generate` keys every output by model, prompt set, sampling parameters and seed; a comparison that was
 generated once is read back from the `generations` table instead of being generated again.
@@ -28,19 +29,31 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from engine.errors import InputError
 
 BACKENDS = ("transformers", "vllm")
 CACHE_MODES = ("auto", "dynamic", "static")
-# "auto" compiles only calls big enough to repay the compile. On an H100 at 0.5B (stack-notes.md) eager generate made
+# "auto" compiles only calls big enough to repay the compile. Measured on an H100 at 0.5B: eager generate made
 # 2.0k tokens/s, static cache + compile 13k after a 36 s compile: break-even near 85k new tokens for a first call,
 # less once the graph is cached in the process. 512 prompts x 128 tokens compiles; a one-prompt dashboard call does not.
 AUTO_COMPILE_MIN_TOKENS = 65_536
 MIN_CACHE_LEN = 64
 # model -> {(batch rows, cache length, device, dtype): StaticCache}; dropped with the model (weak keys).
 _STATIC_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# generate() kwargs that switch off every logits processor and warper but temperature and top-p, whatever the model's
+# generation_config sets (Qwen2.5-Instruct's asks for top_k 20 and repetition_penalty 1.05). transformers fills only
+# the fields a call leaves unset from the model's config, so each is set here, None where None means off.
+PROCESSORS_OFF: dict[str, Any] = {
+    "top_k": 0, "min_p": None, "top_h": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "sequence_bias": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+    "exponential_decay_length_penalty": None, "min_length": 0, "min_new_tokens": None, "guidance_scale": None,
+    "watermarking_config": None, "renormalize_logits": False, "stop_strings": None, "max_time": None,
+    "num_beams": 1}
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,27 @@ class SamplingParams:
             raise InputError(f"temperature: must be >= 0, 0 for greedy (got {self.temperature})")
         if not 0 < self.top_p <= 1:
             raise InputError(f"top_p: must lie in (0, 1] (got {self.top_p})")
+
+
+def derived_seed(seed: int, *parts: int) -> int:
+    """An independent seed per (run seed, part, ...), the same on every rerun: a resumed run or a repeated
+    evaluation draws exactly what it drew before, and different parts (rounds, steps, prompts) never share a stream."""
+    return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
+
+
+def sampling_kwargs(temperature: float, top_p: float = 1.0) -> dict[str, Any]:
+    """`generate` kwargs for softmax(logits / temperature) sampling (nucleus when top_p < 1), greedy for temperature 0,
+    with no other processor whatever the model's generation_config says (PROCESSORS_OFF)."""
+    if temperature == 0:
+        return {**PROCESSORS_OFF, "do_sample": False}
+    return {**PROCESSORS_OFF, "do_sample": True, "temperature": temperature, "top_p": top_p}
+
+
+def vllm_sampling_kwargs(temperature: float, top_p: float, max_tokens: int, seed: int, n: int = 1) -> dict[str, Any]:
+    """`vllm.SamplingParams` fields for the same distribution as `sampling_kwargs`: every penalty and cut-off off
+    (vLLM 0.31: top_k 0 disables top-k, -1 is accepted as the old spelling), `n` samples, the request's seed."""
+    return {"n": n, "temperature": temperature, "top_p": top_p, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+            "presence_penalty": 0.0, "frequency_penalty": 0.0, "min_tokens": 0, "max_tokens": max_tokens, "seed": seed}
 
 
 @dataclass(frozen=True)
@@ -168,10 +202,8 @@ def generate_transformers(model, tokenizer, prompts: Sequence[str], params: Samp
                                     compile_options)
         # One seed per batch drawn from the run's seed: results do not depend on which batches ran before.
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator_seed)))
-        sampling = params.temperature > 0
-        out = model.generate(**inputs, max_new_tokens=params.max_new_tokens, do_sample=sampling,
-                             temperature=params.temperature if sampling else None, top_k=0 if sampling else None,
-                             top_p=params.top_p if sampling else None, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(**inputs, max_new_tokens=params.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             **sampling_kwargs(params.temperature, params.top_p))
         new_tokens = out[:rows, width:]
         for row in new_tokens:
             ids = row.tolist()
@@ -191,8 +223,10 @@ def generate_vllm(model_path: str, prompts: Sequence[str], params: SamplingParam
         raise RuntimeError("backend vllm: vLLM is not installed; `pip install -r requirements-gpu.txt` on a CUDA "
                            "machine, or use --backend transformers") from None
     llm = vllm.LLM(model=model_path, seed=params.seed)
-    sampling = vllm.SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
-                                   top_p=params.top_p, seed=params.seed)
+    # one seed per request: two identical prompts get different samples, and a rerun draws the same ones
+    sampling = [vllm.SamplingParams(**vllm_sampling_kwargs(params.temperature, params.top_p, params.max_new_tokens,
+                                                           derived_seed(params.seed, index)))
+                for index in range(len(prompts))]
     outputs = llm.generate(list(prompts), sampling)
     return Generations([o.outputs[0].text for o in outputs], [len(o.outputs[0].token_ids) for o in outputs])
 

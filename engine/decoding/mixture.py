@@ -1,4 +1,4 @@
-"""Decoding from MixMPO's log-linear mixture ``pi_lambda ∝ prod_k pi_k^lambda_k`` (algorithms.md 4.4).
+"""Decoding from MixMPO's log-linear mixture ``pi_lambda ∝ prod_k pi_k^lambda_k`` (docs/methods/mixing_po.md).
 
 A `PolicySet` holds named policies on one tokenizer: the reference (``REFERENCE``), the experts and any baseline.
 Two ways to hold K experts, measured against each other in bench/mixing.py:
@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+from engine.decoding.distributions import DECODE_MODES
 from engine.decoding.generation import SamplingParams
 from engine.errors import InputError
 from engine.methods.mixing_po.config import REFERENCE
-from engine.models.logprobs import prepare_scorer, score_responses
+from engine.models.logprobs import score_responses, with_fused_head
 from engine.theory.mixing import mixture_step_log_weight, sir_ref_log_weights, sir_resample
 
-DECODE_MODES = ("token", "sir_token", "sir_ref")
 BACKENDS = ("auto", "separate", "lora_batch")
 Step = Callable[[torch.Tensor], torch.Tensor]  # next tokens [B] -> next logits [A, B, V]
 
@@ -103,7 +103,7 @@ class SeparatePolicies(PolicySet):
         wrapped = [name for name, model in models.items() if hasattr(model, "peft_config")]
         if wrapped:
             raise InputError(f"models {wrapped} are peft-wrapped; merge them (merge_and_unload) or use LoraPolicies")
-        self.models = {name: prepare_scorer(model) for name, model in models.items()}
+        self.models = {name: with_fused_head(model) for name, model in models.items()}
 
     @contextlib.contextmanager
     def open(self, names, input_ids, mask):
@@ -142,7 +142,7 @@ class LoraPolicies(PolicySet):
         if not adapters or REFERENCE in adapters:
             raise InputError(f"adapters: name at least one adapter folder, none called {REFERENCE!r}")
         super().__init__(tokenizer, [REFERENCE, *adapters])
-        prepare_scorer(base)  # the fused head must be added before peft wraps the model
+        with_fused_head(base)  # the fused head must be added before peft wraps the model
         (first, path), *rest = adapters.items()
         self.model = PeftModel.from_pretrained(base, str(path), adapter_name=first)
         for name, path in rest:
@@ -337,9 +337,11 @@ def _text(tokenizer, ids: list[int]) -> tuple[str, int]:
 
 def sample(policies: PolicySet, names: Sequence[str], weights: Sequence[float], prompts: Sequence[str],
            params: SamplingParams = SamplingParams(), batch_size: int = 32, track_weights: bool = False) -> Decoded:
-    """Token-level geometric mixing of the named policies, one response per prompt (algorithms.md 4.4, ``token``).
+    """Token-level geometric mixing of the named policies, one response per prompt
+    (docs/methods/mixing_po.md, ``token``).
 
-    Seeding follows engine.decoding.generation.generate_transformers (one torch seed per batch drawn from ``params.seed``),
+    Seeding follows engine.decoding.generation.generate_transformers (one torch seed per batch drawn from
+    ``params.seed``),
     so one-hot weights give exactly that model's generations. ``track_weights`` accumulates the sir_token
     log-weights (plain temperature sampling only: top-p changes the proposal).
     """

@@ -1,10 +1,13 @@
-"""Self-play rollouts for MagMPO (engine/trainers/magnetic_po.py): sampled responses as the token tensors a training
-step consumes, drawn with transformers' `generate` or with one vLLM engine colocated with the policy for the job,
-and their per-token log-probs under any model.
+"""Self-play rollouts for MagMPO (engine/recipes/magnetic_selfplay.py): sampled responses as the token tensors a
+training step consumes, drawn with transformers' `generate` or with one vLLM engine colocated with the policy for the
+job, and their next-token distributions under any model.
 
-Both backends sample the same distribution (temperature scaling only: top_p 1, no top-k, at most `max_new_tokens`),
-cut prompts from the left to the same `max_prompt_tokens`, and end in the same `_finish`, so a step trains on the
-same kind of tensors whichever sampled. vLLM (Kwon et al., "Efficient Memory Management for Large Language Model
+Both backends sample the same distribution, softmax(logits / temperature) with every other logits processor off
+whatever the model's generation_config asks for (`sampling_kwargs`, `vllm_sampling_kwargs` in
+engine/decoding/generation.py: no top-k, top-p, min-p, typical-p, repetition or n-gram penalty), at most
+`max_new_tokens`; they cut prompts from the left to the same `max_prompt_tokens` and end in the same `_finish`, so a
+step trains on the same kind of tensors whichever sampled.
+vLLM (Kwon et al., "Efficient Memory Management for Large Language Model
 Serving with PagedAttention", SOSP 2023) is imported inside `VLLMEngine` only: the project runs without it.
 
 The engine follows TRL 1.16's colocate mode (trl/generation/vllm_generation.py): built once from the policy's start
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from engine.decoding.generation import sampling_kwargs, vllm_sampling_kwargs
 from engine.errors import InputError
 
 # TRL's GRPOConfig default for a colocated engine: the rest of the GPU stays with the policy, magnet, SFT and judge
@@ -68,14 +72,15 @@ def _finish(input_ids: torch.Tensor, prompt_mask: torch.Tensor, tokenizer, end_i
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float, seed: int,
            max_prompt_tokens: int) -> Rollout:
-    """Plain temperature sampling (no top-k), prompts left-padded and cut from the left to `max_prompt_tokens`."""
+    """Sampling from softmax(logits / temperature) and nothing else (`sampling_kwargs`), prompts left-padded and cut
+    from the left to `max_prompt_tokens`."""
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     # with left padding, the last columns hold every prompt's end: slicing them keeps the most recent context
     enc = {key: value[:, -max_prompt_tokens:].to(device) for key, value in enc.items()}
     torch.manual_seed(seed)
-    out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                         **sampling_kwargs(temperature))
     return _finish(out, enc["attention_mask"], tokenizer, end_token_ids(tokenizer, model.generation_config))
 
 
@@ -96,8 +101,8 @@ def rollout_from_token_ids(prompt_ids: list[list[int]], responses: list[list[int
     return _finish(ids.to(device), prompt_mask.to(device), tokenizer, end_ids or end_token_ids(tokenizer))
 
 
-def token_logps(model, rollout: Rollout) -> torch.Tensor:
-    """Per-token log-probs [N, T] of the sampled response tokens (0 on masked positions), float32.
+def response_log_probs(model, rollout: Rollout) -> torch.Tensor:
+    """Next-token log-distributions [N, T, V] at the response positions, float32: row t is log model(. | x, y_<t).
 
     Position ids follow the attention mask, as `generate` sets them for left-padded prompts, so training scores
     exactly the distribution that sampled. Only the last T + 1 positions' logits are computed.
@@ -107,8 +112,17 @@ def token_logps(model, rollout: Rollout) -> torch.Tensor:
     positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
     logits = model(input_ids=rollout.input_ids, attention_mask=attention, position_ids=positions,
                    logits_to_keep=n_response + 1).logits[:, :-1].float()
-    targets = rollout.input_ids[:, -n_response:]
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return torch.log_softmax(logits, dim=-1)
+
+
+def response_tokens(rollout: Rollout) -> torch.Tensor:
+    """The sampled response token ids [N, T] (padding after the end included; the response mask excludes it)."""
+    return rollout.input_ids[:, -rollout.response_mask.shape[1]:]
+
+
+def token_logps(model, rollout: Rollout) -> torch.Tensor:
+    """Per-token log-probs [N, T] of the sampled response tokens (0 on masked positions), float32."""
+    picked = response_log_probs(model, rollout).gather(-1, response_tokens(rollout).unsqueeze(-1)).squeeze(-1)
     return picked * rollout.response_mask
 
 
@@ -183,8 +197,8 @@ class VLLMEngine:
         every row has a seed of its own, fixed by the step's seed (draws still vary with GPU nondeterminism).
         """
         prompt_ids = [ids[-max_prompt_tokens:] for ids in self.tokenizer(prompts)["input_ids"]]
-        params = [self._sampling(n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens,
-                                 seed=seed + b * n, detokenize=False) for b in range(len(prompts))]
+        params = [self._sampling(**vllm_sampling_kwargs(temperature, 1.0, max_new_tokens, seed + b * n, n=n),
+                                 detokenize=False) for b in range(len(prompts))]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params,
                                     use_tqdm=False)
         responses = [list(completion.token_ids) for output in outputs for completion in output.outputs]

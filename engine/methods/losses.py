@@ -3,7 +3,8 @@
 Every loss takes summed response log-probs of shape ``[B]`` (policy and reference) and returns the
 per-example loss ``[B]``; callers take the mean. Gradients flow only into the policy log-probs: every
 reference-side quantity (reference log-probs, dispersions, ARWC weights, clip windows) is detached, as
-``algorithms.md`` section 0 requires. Everything stays in log space (``logsigmoid``, ``logsumexp``,
+the shared conventions of ``docs/methods/README.md`` require.
+Everything stays in log space (``logsigmoid``, ``logsumexp``,
 ``log1p``/``expm1``) because sequence log-probs of -100 to -5000 underflow when exponentiated.
 
 Notation: ``h(y) = log pi(y|x) - log pi_ref(y|x)``, margin ``Delta = h(y_w) - h(y_l)``.
@@ -16,7 +17,7 @@ Notation: ``h(y) = log pi(y|x) - log pi_ref(y|x)``, margin ``Delta = h(y_w) - h(
   ``mean_normalized_entropy`` under the reference model (``phi_star = 0.29`` in the code).
 - ``mallows_phi_loss`` -- MallowsPO-phi (Kendall-tau Mallows link; not in the official code):
   ``L = -log g_phi(beta * Delta)`` with ``g_phi(d) = (d+1)/(1-phi^(d+1)) - d/(1-phi^d)`` for ``d > 0``,
-  ``1 - g_phi(-d)`` for ``d < 0`` and ``1/2`` at 0 (real-valued extension, algorithms.md 2.2 [recon];
+  ``1 - g_phi(-d)`` for ``d < 0`` and ``1/2`` at 0 (real-valued extension, docs/methods/mallows_po.md [recon];
   it jumps at 0, so near-zero margins are ill-defined).
 - ``mrpo_loss`` -- MRPO, Le et al., "Multi-Reference Preference Optimization", AAAI 2025:
   DPO against the virtual reference ``pi_tilde = (sum_k a_k / pi_k)^-1``
@@ -24,7 +25,7 @@ Notation: ``h(y) = log pi(y|x) - log pi_ref(y|x)``, margin ``Delta = h(y_w) - h(
   clipping of the secondary references into ``[L_0 - eps|L_0|, L_0 + eps|L_0|]`` around the primary
   ``L_0`` (adaptive ``eps_w + eps_l = eps_max`` split by the mean reference log-probs) and with ARWC
   weights ``a_k = |L_k^w - L_k^l| / sum_j |L_j^w - L_j^l|`` from the unclipped values when ``alpha`` is
-  None. Pipeline order exactly as algorithms.md 3.2.
+  None. Pipeline order exactly as docs/methods/mrpo.md.
 
 ``reward_stats`` gives the DPO-family logging statistics (TRL's ``rewards/*`` keys); ``mrpo_loss(...,
 return_stats=True)`` also returns an ``MRPOStats`` with the weights, clip windows and clipped fractions.
@@ -149,7 +150,8 @@ def mean_normalized_entropy(ref_logits: Tensor, mask: Tensor) -> Tensor:
     if ref_logits.dim() != 3:
         raise ValueError(f"ref_logits must have shape [B, T, V] (got {tuple(ref_logits.shape)})")
     if mask.shape != ref_logits.shape[:2]:
-        raise ValueError(f"mask has shape {tuple(mask.shape)} but ref_logits needs [B, T] = {tuple(ref_logits.shape[:2])}")
+        raise ValueError(f"mask has shape {tuple(mask.shape)} but ref_logits needs [B, T] = "
+                         f"{tuple(ref_logits.shape[:2])}")
     vocab = ref_logits.shape[-1]
     if vocab < 2:
         raise ValueError(f"ref_logits needs a vocabulary of at least 2 (got V = {vocab})")
@@ -170,7 +172,7 @@ def mallows_dispersion(entropy_chosen: Tensor, entropy_rejected: Tensor, phi_sta
     """Neg-log dispersion ``c(x) = -phi_star * log(mean(Hbar_w, Hbar_l))``, [B], detached.
 
     ``phi(x) = Hbar(x) ** phi_star`` is MallowsPO's proxy for the Mallows dispersion; ``Hbar`` is clamped to
-    [1e-6, 1] (algorithms.md 2.3) so a zero-entropy reference gives a large but finite ``c``.
+    [1e-6, 1] (docs/methods/mallows_po.md) so a zero-entropy reference gives a large but finite ``c``.
     """
     _check_same_1d(entropy_chosen=entropy_chosen, entropy_rejected=entropy_rejected)
     phi_star = _check_number("phi_star", phi_star, "the MallowsPO code uses 0.29")
@@ -198,7 +200,7 @@ def mallows_theta_loss(
 
 
 def mallows_phi_log_link(s: Tensor, phi: Tensor | float) -> Tensor:
-    """``log g_phi(s)``, the Kendall-tau Mallows pairwise law extended to real ``s`` (algorithms.md 2.2).
+    """``log g_phi(s)``, the Kendall-tau Mallows pairwise law extended to real ``s`` (docs/methods/mallows_po.md).
 
     Uses the inversion probability ``u(d) = 1 - g_phi(d) = phi^d * (d/(1-phi^d) - (d+1) phi/(1-phi^(d+1)))``
     in log space (float64 inside, to limit the cancellation when phi is near 1): ``log g = log1p(-u(s))`` for
@@ -230,7 +232,7 @@ def mallows_phi_loss(
     """Per-example MallowsPO-phi loss ``-log g_phi(beta * Delta)``; ``phi`` in (0, 1), a number or [B].
 
     The real-valued link jumps at 0 (``g(0+) = 1/(1-phi) + 1/log phi``): the loss is discontinuous at
-    zero margin, so starting exactly at the reference gives a zero gradient [recon, algorithms.md 7.1].
+    zero margin, so starting exactly at the reference gives a zero gradient [recon, docs/methods/mallows_po.md].
     """
     _check_same_1d(
         policy_chosen=policy_chosen, policy_rejected=policy_rejected, ref_chosen=ref_chosen, ref_rejected=ref_rejected
@@ -266,13 +268,14 @@ def _check_weights(alpha: Tensor | Sequence[float], ref_logps: Tensor) -> Tensor
         raise ValueError("alpha must be finite and non-negative (weights of the references)")
     total = a.sum(dim=0)
     if bool(((total - 1).abs() > 1e-5).any()):
-        raise ValueError(f"alpha must sum to 1 over the K references (sums: {total.flatten()[:4].tolist()}); normalize it")
+        raise ValueError(f"alpha must sum to 1 over the K references (sums: {total.flatten()[:4].tolist()}); "
+                         "normalize it")
     return a
 
 
 @dataclass(frozen=True)
 class MRPOStats:
-    """Per-example MRPO diagnostics, all detached (algorithms.md 3.2 metrics).
+    """Per-example MRPO diagnostics, all detached (docs/methods/mrpo.md, metrics).
 
     ``alpha`` [K, B]: reference weights used (ARWC or the fixed ones, after ``arwc_convention``).
     ``eps_chosen``/``eps_rejected`` [B]: CTRO clip rates (0 when ``clip=False``).
@@ -290,7 +293,8 @@ class MRPOStats:
     ref_rejected: Tensor
 
     def as_log_dict(self) -> dict[str, float]:
-        """Batch means under the keys of algorithms.md 3: ``mrpo/alpha_k``, ``mrpo/eps_w``, ``mrpo/clip_frac_w``..."""
+        """Batch means under the keys of docs/methods/mrpo.md: ``mrpo/alpha_k``, ``mrpo/eps_w``,
+        ``mrpo/clip_frac_w``..."""
         logs = {f"mrpo/alpha_{k}": row.mean().item() for k, row in enumerate(self.alpha)}
         logs |= {"mrpo/eps_w": self.eps_chosen.mean().item(), "mrpo/eps_l": self.eps_rejected.mean().item()}
         logs["mrpo/clip_frac_w"] = self.clip_frac_chosen.mean().item()
@@ -357,7 +361,8 @@ def mrpo_loss(
         if refs.dim() != 2 or refs.shape[1:] != policy_chosen.shape:
             raise ValueError(f"{name} must have shape [K, {policy_chosen.shape[0]}] (got {tuple(refs.shape)})")
     if refs_chosen.shape != refs_rejected.shape:
-        raise ValueError(f"refs_rejected has shape {tuple(refs_rejected.shape)} but refs_chosen has {tuple(refs_chosen.shape)}")
+        raise ValueError(f"refs_rejected has shape {tuple(refs_rejected.shape)} but "
+                         f"refs_chosen has {tuple(refs_chosen.shape)}")
     k = refs_chosen.shape[0]
     if k < 2:
         raise ValueError(f"refs_chosen must hold K >= 2 references (got K = {k}); use dpo_loss for one reference")
@@ -366,7 +371,8 @@ def mrpo_loss(
     if virtual_ref not in ("harmonic", "geometric"):
         raise ValueError(f"virtual_ref must be 'harmonic' or 'geometric' (got {virtual_ref!r})")
     if arwc_convention not in ("paper", "official_k2") or (arwc_convention == "official_k2" and k != 2):
-        raise ValueError(f"arwc_convention must be 'paper', or 'official_k2' with K = 2 (got {arwc_convention!r}, K = {k})")
+        raise ValueError(f"arwc_convention must be 'paper', or 'official_k2' with K = 2 "
+                         f"(got {arwc_convention!r}, K = {k})")
 
     lw, ll = refs_chosen.detach(), refs_rejected.detach()
     if alpha is None:

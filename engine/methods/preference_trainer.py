@@ -7,7 +7,8 @@ if it needs more than the primary reference's log-probs it declares them (`needs
 `add_reference_columns`.
 
 Before training, TRL runs its reference pass (`precompute_reference` here, see trl_adapter.py) on the train and eval
-sets (`precompute_ref_log_probs=True` is always set). Here that pass scores every response with the policy as it starts — the primary
+sets (`precompute_ref_log_probs=True` is always set).
+Here that pass scores every response with the policy as it starts — the primary
 reference; for LoRA the adapters are switched off — and stores the results as dataset columns, which the collator
 hands to the loss. No reference model is in memory while training runs.
 """

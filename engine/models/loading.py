@@ -88,7 +88,8 @@ def explain_load_errors(source: str) -> Iterator[None]:
 
 def load_tokenizer(name_or_path: str | Path, pad_token: str | None = None,
                    trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
-    """Load a tokenizer; batching needs a pad token, so a tokenizer without one is refused unless `pad_token` is given."""
+    """Load a tokenizer; batching needs a pad token, so a tokenizer without one is refused
+    unless `pad_token` is given."""
     source = check_source(name_or_path)
     with explain_load_errors(source):
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)

@@ -24,7 +24,7 @@ from engine.errors import InputError
 FUSED_OUTPUTS = ("log_probs", "entropy")
 
 
-def prepare_scorer(model: torch.nn.Module) -> torch.nn.Module:
+def with_fused_head(model: torch.nn.Module) -> torch.nn.Module:
     """Give a freshly loaded reference model the fused head (log-probs and entropies without full logits)."""
     add_fused_lm_head(model, outputs=FUSED_OUTPUTS)
     model.eval()
@@ -91,7 +91,7 @@ def tokenize_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str]) 
     """Prompt and response tokenized separately with this tokenizer's own rules, response ending in its EOS.
 
     Separate tokenization means no token straddles the boundary, so every reference scores exactly the response
-    text (algorithms.md 3.3).
+    text (docs/methods/mrpo.md).
     """
     prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
     eos = tokenizer.eos_token or ""

@@ -134,27 +134,32 @@ def _eval_models(plan: DemoPlan, runs: dict[str, str]) -> tuple[dict[str, str], 
 
 
 def _mixture_generations(mixtures: dict[str, tuple[str, Any]], models: dict[str, str], prompts: list[str],
-                         prompt_set: str, params, backend: str, writer: RunWriter, reader) -> None:
+                         prompt_set: str, params, backend: str, writer: RunWriter, reader) -> str | None:
     """Decode each mixture on the eval prompts with the eval's sampling and store the texts under the key
-    engine.decoding.generation.cached_generate looks up, so evaluate_models judges them like any model's."""
+    engine.decoding.generation.cached_generate looks up, so evaluate_models judges them like any model's.
+    Returns how the mixtures were decoded (a decode mode; None without mixtures), which names the distribution."""
+    from engine.decoding.distributions import mixture_mode
     from engine.decoding.generation import cache_key, weights_fingerprint
     from engine.decoding.mixture import sample_mixture
     from engine.recipes.mixing import run_policies
     from engine.recipes.mixing_estimates import mixing_run_config
 
     policies: dict[str, Any] = {}  # mixing run id -> its loaded reference and experts, shared by its points
+    modes = set()
     for name, (run_id, point) in mixtures.items():
+        cfg = mixing_run_config(run_id)
+        modes.add(mixture_mode(cfg.params.decode_mode, params.temperature))
         key = cache_key(name, prompt_set, params, backend, weights_fingerprint(models[name]))
         stored = reader.query("SELECT count(DISTINCT prompt_id) AS n FROM generations WHERE cache_key = ?", [key])
         if int(stored["n"].iloc[0]) == len(prompts):
             continue
-        cfg = mixing_run_config(run_id)
         names = [o.name for o in cfg.params.objectives]
         if point == "lambda*":
             star = json.loads(run_layout(run_id).lambda_star.read_text(encoding="utf-8"))
             point = [star[n] for n in names]
         members = [(n, float(w)) for n, w in zip(names, point) if w > 0]
-        mode = cfg.params.decode_mode if len(members) > 1 else "token"  # one policy is sampled exactly
+        # one policy is sampled exactly; a mixture as its run decodes it, token-level away from temperature 1
+        mode = mixture_mode(cfg.params.decode_mode, params.temperature) if len(members) > 1 else "token"
         if run_id not in policies:
             policies[run_id] = run_policies(cfg, run_layout(run_id))
         out = sample_mixture(policies[run_id], [n for n, _ in members], [w for _, w in members],
@@ -162,6 +167,7 @@ def _mixture_generations(mixtures: dict[str, tuple[str, Any]], models: dict[str,
         writer.append("generations", ({"cache_key": key, "model": name, "prompt_set": prompt_set, "prompt_id": i,
                                        "prompt": p, "output": t, "num_tokens": c}
                                       for i, (p, t, c) in enumerate(zip(prompts, out.texts, out.num_tokens))))
+    return "token" if "token" in modes else next(iter(modes), None)
 
 
 def _reward_margins(plan: DemoPlan, runs: dict[str, str], writer: RunWriter, reader) -> None:
@@ -203,6 +209,7 @@ def _evaluate(plan: DemoPlan, runs: dict[str, str], since: float, say: Callable[
               layout: RunLayout) -> list[str]:
     """One eval run per judge, the first judge's last (the dashboard's Compare page shows the newest first)."""
     from engine.data.loaders import load_prompts
+    from engine.decoding.distributions import distribution_name
     from engine.decoding.generation import SamplingParams
     from engine.recipes.evaluation import evaluate_models, prompt_set_name
 
@@ -225,11 +232,12 @@ def _evaluate(plan: DemoPlan, runs: dict[str, str], since: float, say: Callable[
         say(f"eval ({judge}): run {run_id}, {len(models)} models on {len(prompts)} prompts")
         with run_context(run_id) as writer:
             reader = StoreReader()
-            _mixture_generations(mixtures, models, prompts, prompt_set_name(spec.prompts, prompts), params,
-                                 spec.backend, writer, reader)
+            mode = _mixture_generations(mixtures, models, prompts, prompt_set_name(spec.prompts, prompts), params,
+                                        spec.backend, writer, reader)
             paths = vllm_ready(models, layout.merged) if spec.backend == "vllm" else models
             evaluate_models(paths, spec.prompts, judge, writer, baseline=spec.baseline, scorers=spec.scorers,
-                            params=params, backend=spec.backend, limit=spec.limit, reader=reader)
+                            params=params, backend=spec.backend, limit=spec.limit, reader=reader,
+                            distribution=distribution_name(params.temperature, mode))
             if margins:
                 _reward_margins(plan, runs, writer, reader)
         eval_ids.append(run_id)

@@ -5,7 +5,10 @@ What lands where (tables of engine/store/runs.py; every row carries the eval run
 * ``generations``: one row per model and prompt, through ``cached_generate`` (a comparison already generated with
   the same model name, prompt set, sampling parameters and backend is read back, never generated again).
 * ``judgments``: one row per prompt and (model, baseline) pair, ``source`` = the judge's name, ``model_a`` the
-  model, ``model_b`` the baseline. A verdict already stored for the same judge, models and texts is reused.
+  model, ``model_b`` the baseline, ``position`` where the model's text was shown: ``"ab"`` for every judge of
+  engine/judges.py, which sees both orders and averages them (position bias cancels in every verdict, so win rates,
+  LC and Bradley-Terry carry none, and a model against itself ties). A verdict already stored for the same judge,
+  models, texts and position is reused.
 * ``evaluations`` (``model``, ``baseline``, ``metric``, ``value``, ``low``, ``high``, ``n``), metrics:
   ``win_rate`` (95% percentile bootstrap over prompts), ``lc_win_rate`` (AlpacaEval 2 length control, lengths in
   tokens), ``mean_length`` (tokens), ``score/<scorer>`` (mean per-objective score), ``margin/<scorer>`` (paired
@@ -35,6 +38,7 @@ from tqdm.auto import tqdm
 
 from engine.config import config_from_dict, is_local_ref, resolve_path, resolve_source
 from engine.data.loaders import load_preferences, load_prompts
+from engine.decoding.distributions import distribution_name
 from engine.decoding.generation import SamplingParams, cached_generate
 from engine.errors import InputError
 from engine.judges import get_judge, get_scorer
@@ -71,10 +75,12 @@ def mean_ci(values: Any, n_resamples: int = N_RESAMPLES, confidence: float = 0.9
     return float(arr.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
 
 
-def _row(model: str, baseline: str, metric: str, stats: tuple[float, float, float] | float, n: int) -> dict:
+def _row(model: str, baseline: str, metric: str, stats: tuple[float, float, float] | float, n: int,
+         distribution: str | None = None) -> dict:
     value, low, high = stats if isinstance(stats, tuple) else (stats, None, None)
     return {"model": model, "baseline": baseline, "metric": metric, "value": float(value),
-            "low": None if low is None else float(low), "high": None if high is None else float(high), "n": int(n)}
+            "low": None if low is None else float(low), "high": None if high is None else float(high), "n": int(n),
+            "distribution": distribution}
 
 
 def prompt_set_name(source: str, prompts: Sequence[str]) -> str:
@@ -87,9 +93,14 @@ def prompt_set_name(source: str, prompts: Sequence[str]) -> str:
 
 def _judge_pair(judge, judge_name: str, model: str, baseline: str, prompts: Sequence[str], out_a: Sequence[str],
                 out_b: Sequence[str], writer: RunWriter, reader: StoreReader) -> np.ndarray:
-    """P(model beats baseline) per prompt: stored verdicts for identical texts are reused, the rest judged and stored."""
+    """P(model beats baseline) per prompt: stored verdicts for identical texts are reused, the rest judged and stored.
+
+    A verdict is reused only if it was judged with the texts in the same positions (``judge.positions``): a verdict
+    stored before positions were recorded showed the model first only, and would bring its position bias back.
+    """
     stored = reader.query("SELECT prompt, output_a, output_b, prob_a FROM judgments WHERE source = ? AND model_a = ?"
-                          " AND model_b = ? AND prob_a IS NOT NULL", [judge_name, model, baseline])
+                          " AND model_b = ? AND position = ? AND prob_a IS NOT NULL",
+                          [judge_name, model, baseline, judge.positions])
     known = {(r.prompt, r.output_a, r.output_b): r.prob_a for r in stored.itertuples()}
     keys = list(zip(prompts, out_a, out_b))
     todo = sorted({i for i, k in enumerate(keys) if k not in known})
@@ -98,7 +109,8 @@ def _judge_pair(judge, judge_name: str, model: str, baseline: str, prompts: Sequ
         winners = np.where(fresh > 0.5, "a", np.where(fresh < 0.5, "b", "tie"))
         writer.append("judgments", ({"source": judge_name, "prompt": keys[i][0], "model_a": model,
                                      "model_b": baseline, "output_a": keys[i][1], "output_b": keys[i][2],
-                                     "prob_a": float(p), "winner": str(w)} for i, p, w in zip(todo, fresh, winners)))
+                                     "prob_a": float(p), "winner": str(w), "position": judge.positions}
+                                    for i, p, w in zip(todo, fresh, winners)))
         known.update({keys[i]: float(p) for i, p in zip(todo, fresh)})
     return np.array([known[k] for k in keys], dtype=np.float64)
 
@@ -106,20 +118,22 @@ def _judge_pair(judge, judge_name: str, model: str, baseline: str, prompts: Sequ
 def evaluate_models(models: Mapping[str, str], prompts_source: str, judge: str, writer: RunWriter, *,
                     baseline: str, scorers: Sequence[str] = DEFAULT_SCORERS, params: SamplingParams = SamplingParams(),
                     backend: str = "transformers", limit: int | None = None, progress: bool = True,
-                    reader: StoreReader | None = None) -> pd.DataFrame:
+                    reader: StoreReader | None = None, distribution: str | None = None) -> pd.DataFrame:
     """Compare every model with ``baseline`` on one prompt set; write judgments and evaluations; one row per model.
 
     ``models`` maps display names (the cache identity of their generations: a name must always mean the same
     weights) to local paths or hub names. ``judge`` is a ``get_judge`` name (``bt:sentiment``, ``lm:<path>``,
     ``openai:<url>#<model>``), ``scorers`` are ``get_scorer`` names. Returns columns model, n, win_rate, win_low,
     win_high, lc_win_rate, mean_length, score/<scorer>, margin/<scorer>, pareto_front (NaN for the baseline's own
-    comparisons).
+    comparisons). The score rows name the ``distribution`` sampled (engine.decoding.distributions; default: plain
+    sampling at ``params.temperature``), so the Pareto views put them on a front only with points of the same one.
     """
     if not models:
         raise InputError("models: give at least one model (name -> path)")
     if baseline not in models:
         raise InputError(f"baseline: {baseline!r} is not one of the models {list(models)}; name one of them")
     judge_fn, scorer_fns = get_judge(judge), {s: get_scorer(s) for s in scorers}
+    distribution = distribution or distribution_name(params.temperature, None)
     prompts = list(load_prompts(resolve_source(prompts_source), limit=limit)["prompt"])
     prompt_set = prompt_set_name(prompts_source, prompts)
     reader = StoreReader() if reader is None else reader
@@ -136,7 +150,7 @@ def evaluate_models(models: Mapping[str, str], prompts_source: str, judge: str, 
         for s, values in scores[name].items():
             stats = mean_ci(values)
             record[f"score/{s}"] = stats[0]
-            rows.append(_row(name, baseline, f"score/{s}", stats, n))
+            rows.append(_row(name, baseline, f"score/{s}", stats, n, distribution))
         if name != baseline:
             prob = _judge_pair(judge_fn, judge, name, baseline, prompts, outputs[name].texts, outputs[baseline].texts,
                                writer, reader)
@@ -175,9 +189,7 @@ def _summary(record: dict, baseline: str, scorers: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------------- implicit rewards
 
 
-
-
-class _PairScorer:
+class _HeldOutPairs:
     """Held-out pairs tokenized once, and the reference's log-probs computed once for every policy scored."""
 
     def __init__(self, ref_path: str, pairs_source: str, tokenizer_path: str | None, limit: int | None,
@@ -196,9 +208,9 @@ class _PairScorer:
     def logps(self, path: str) -> np.ndarray:
         """Summed log-probs of the chosen then the rejected responses under the model at ``path``, [2N]."""
         from engine.models.loading import load_model
-        from engine.models.logprobs import prepare_scorer, score_responses
+        from engine.models.logprobs import score_responses, with_fused_head
 
-        model = prepare_scorer(load_model(path))
+        model = with_fused_head(load_model(path))
         logps, _ = score_responses(model, self.prompts, self.chosen + self.rejected, self.pad_id,
                                    max_length=self.max_length, batch_size=self.batch_size,
                                    desc=f"scoring {Path(path).name}")
@@ -209,9 +221,9 @@ class _PairScorer:
         return implicit_reward_margins(pol[:half], pol[half:], self.ref[:half], self.ref[half:], beta)
 
 
-def _write_margins(writer: RunWriter, scorer: _PairScorer, path: str, beta: float, model: str, baseline: str,
+def _write_margins(writer: RunWriter, pairs: _HeldOutPairs, path: str, beta: float, model: str, baseline: str,
                    step: int | None) -> dict[str, Any]:
-    margins, _ = scorer.margins(path, beta)
+    margins, _ = pairs.margins(path, beta)
     margin, acc = mean_ci(margins), win_rate((margins > 0).astype(float), n_resamples=N_RESAMPLES)
     label = model if step is None else f"{model}/checkpoint-{step}"
     writer.append("evaluations", [_row(label, baseline, "reward_margin", margin, margins.size),
@@ -233,8 +245,8 @@ def reward_margins(policy_path: str, ref_path: str, pairs_source: str, beta: flo
     """
     if not np.isfinite(beta) or beta <= 0:
         raise InputError(f"beta: must be a positive number (got {beta}); use the beta the policy was trained with")
-    scorer = _PairScorer(ref_path, pairs_source, None, limit, max_length, batch_size)
-    return _write_margins(writer, scorer, policy_path, beta, model or str(policy_path), baseline or str(ref_path),
+    pairs = _HeldOutPairs(ref_path, pairs_source, None, limit, max_length, batch_size)
+    return _write_margins(writer, pairs, policy_path, beta, model or str(policy_path), baseline or str(ref_path),
                           step)
 
 
@@ -255,15 +267,15 @@ def run_reward_margins(run_id: str, writer: RunWriter, pairs_source: str | None 
         raise InputError(f"pairs_source: run {run_id} has no data.eval; pass held-out preference pairs")
     ref = resolve_source(cfg.model.path)
     tokenizer = resolve_source(cfg.model.tokenizer) if cfg.model.tokenizer else None
-    scorer = _PairScorer(ref, pairs_source, tokenizer, limit, cfg.data.max_length, 32)
+    pairs = _HeldOutPairs(ref, pairs_source, tokenizer, limit, cfg.data.max_length, 32)
     reader = StoreReader() if reader is None else reader
     last = reader.query("SELECT max(step) AS step FROM metrics WHERE run_id = ?", [run_id])["step"].iloc[0]
     final_step = None if pd.isna(last) else int(last)
-    rows = [_write_margins(writer, scorer, str(path), cfg.params.beta, label, cfg.model.path, step)
+    rows = [_write_margins(writer, pairs, str(path), cfg.params.beta, label, cfg.model.path, step)
             for step, path in layout.complete_checkpoints() if step != final_step]
     final = layout.model
     if final.is_dir():
-        row = _write_margins(writer, scorer, str(final), cfg.params.beta, label, cfg.model.path, None)
+        row = _write_margins(writer, pairs, str(final), cfg.params.beta, label, cfg.model.path, None)
         if final_step is not None:  # the final weights are the curve's last point
             writer.log_metrics(final_step, {f"reward_margin/{label}": row["reward_margin"],
                                             f"reward_accuracy/{label}": row["reward_accuracy"]})
@@ -278,7 +290,8 @@ def run_reward_margins(run_id: str, writer: RunWriter, pairs_source: str | None 
 
 def resolve_models(spec: str | Iterable[str]) -> dict[str, str]:
     """Names and paths from ``name=path``, a run id (its ``data/runs/<id>/model``, named by the id) or a path
-    (relative to the data folder or here, named by its folder: ``models/sft`` is ``sft``, the name training jobs give the SFT baseline).
+    (relative to the data folder or here, named by its folder: ``models/sft`` is ``sft``,
+    the name training jobs give the SFT baseline).
     """
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items:

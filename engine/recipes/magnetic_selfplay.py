@@ -1,43 +1,40 @@
 """Magnetic Preference Optimization (Wang et al., "Magnetic Preference Optimization: Achieving Last-iterate
 Convergence for Language Model Alignment", ICLR 2025): LLM self-play with a magnet refreshed every round.
 
-Algorithm (../shared/algorithms.md 5.2). Training prompts (from `data.train`) are split evenly into `rounds` rounds.
-In each step, G = `group_size` responses per prompt are sampled from the current policy at `temperature`; the
-judge scores every ordered pair, the matrix is symmetrised (removing position bias), `q_i = mean_{j != i} p_ij`
-estimates P(y_i beats the policy) and `A_i = q_i - 1/2` is the advantage (1/2 is the exact self-play baseline).
-The loss is `-mean_i A_i logp(y_i|x) + alpha * mean_i KL_i`, KL_i the k3 estimate `sum_t exp(d_t) - 1 - d_t`,
-`d_t = log magnet - log policy` on the sampled response tokens. At the end of each round the magnet becomes a
-frozen copy of the policy (the proximal-point reset that turns MMD's regularised equilibrium into the Nash
-equilibrium of the original game, engine/magnetic.py).
+Algorithm (docs/methods/magnetic_po.md). Training prompts (from `data.train`) are split evenly into `rounds` rounds.
+Each step is one magnetic mirror descent (MMD) step from the current policy pi_t: G = `group_size` responses per
+prompt are sampled from pi_t at temperature 1 with no other logits processor (engine/decoding/rollouts.py); the judge
+scores every ordered pair, the matrix is symmetrised (removing position bias), `q_i = mean_{j != i} p_ij` estimates
+P(y_i beats pi_t) and `A_i = q_i - 1/2` is the advantage. Then `inner_steps` AdamW steps on the same samples minimise
 
-About the KL term. k3 is a non-negative, unbiased estimate of KL(pi || magnet) per token, which is what we log.
-Its gradient on the sampled tokens is `(1 - magnet/pi) grad log pi`, whose expectation is the gradient of the
-token-level KL(magnet || pi): the regulariser actually pulled on is the reverse KL (as in GRPO). It has the same
-minimiser (pi = magnet) and, with the magnet at a Nash equilibrium, the equilibrium is still the fixed point of
-the round (the payoff q is constant on its support), so the magnet reset keeps its meaning. The other estimator
-the notes mention, per-token `log pi - log magnet` placed in the loss, has zero expected gradient and is not used.
+    L(theta) = -E_{y~pi_theta}[q(y)] + alpha KL_seq(pi_theta || magnet) + (1/eta) KL_seq(pi_theta || pi_t),
+
+whose minimiser on a finite game is `magnetic_step` (engine/theory/magnetic.py); the KLs are exact per-token KLs over
+the vocabulary, summed along the response with the score-function term that makes them sequence KLs
+(engine/methods/magnetic_po/loss.py). At the end of each round the magnet becomes a frozen copy of the policy (the
+proximal-point reset that turns MMD's regularised equilibrium into the Nash equilibrium of the original game).
 
 Why a loop of our own and not TRL's GRPOTrainer. GRPO can reproduce the advantage (a reward function that sees
 the group, `scale_rewards="none"`, group mean = 1/2 exactly after symmetrisation) and the magnet reset
 (`sync_ref_model` with mixup 1 every round), but: its reward functions run on each process's slice of the
 generations, so a group split across processes cannot be judged pairwise; its loss normalises per token (or by
 `max_completion_length`), so the KL weight would not be the summed sequence KL of the method; and the per-round
-evaluation (win rates against the previous round and SFT, the empirical gap) lives outside its loop anyway. On the
+evaluation (win rates against the previous round and SFT, the exploitability) lives outside its loop anyway. On the
 demo's ~1M-parameter model TRL's per-step overhead dominates (stack notes: a plain loop 1.9-2.7x faster). The loop
 here is short, single-process, seeded, and deterministic on CPU; `training.num_processes` must be 1.
 
-Config (engine/config.py): `MagneticPOParams` (prompts = held-out prompts for the per-round win rates, judge,
-alpha, rounds, group_size, max_new_tokens, temperature, generation_backend: transformers or one vLLM engine kept for
-the job, engine/rollouts.py), `training.batch_size` = prompts per step,
+Config: `MagneticPOParams` (engine/methods/magnetic_po/config.py): prompts = held-out prompts for the per-round
+measures, judge, alpha, eta, inner_steps, rounds, group_size, max_new_tokens, temperature (must be 1),
+generation_backend (transformers or one vLLM engine kept for the job); `training.batch_size` = prompts per step,
 `training.epochs` = passes over a round's prompts (or `max_steps` in total), `learning_rate`, `warmup_ratio`, seed.
 
-Metrics, every step: loss, learning_rate, grad_norm, magmpo/adv_mean, magmpo/adv_std, magmpo/kl_to_magnet,
-magmpo/kl_to_sft, magmpo/winrate_self (mean q, 1/2 by construction), magmpo/pref_asymmetry (mean |p_ij + p_ji - 1|),
-magmpo/response_length. Every round: magmpo/winrate_vs_magnet (against the previous round's policy) and
-magmpo/winrate_vs_sft (the judge's decisions on held-out prompts, ties half; intervals in the `evaluations` table,
-verdicts in `judgments`); magmpo/gap (mean empirical duality gap of G samples on fixed held-out prompts) and
-magmpo/round, both also at step 0 for the SFT model. Once: game/gap_magnet, game/gap_mwu, game/gap_mwu_average
-per iteration of the tabular solvers on the judge's empirical game of one SFT pool (`log_game_trace`).
+Metrics, every step: loss, learning_rate, grad_norm, magmpo/adv_std, magmpo/kl_to_magnet, magmpo/kl_to_sft,
+magmpo/kl_step, magmpo/pref_asymmetry (mean |p_ij + p_ji - 1|), magmpo/response_length. Every round:
+magmpo/winrate_vs_magnet (against the previous round's policy) and magmpo/winrate_vs_sft (the judge's decisions on
+held-out prompts, ties half; intervals in the `evaluations` table, verdicts in `judgments`); magmpo/exploitability
+(the best of a fixed pool of SFT responses against the policy's samples, minus 1/2, on fixed held-out prompts) and
+magmpo/round, both also at step 0 for the SFT model. Once: game/gap_magnet, game/gap_mwu, game/gap_mwu_average per
+iteration of the tabular solvers on the judge's empirical game of one prompt's pool (`log_game_trace`).
 """
 
 from __future__ import annotations
@@ -57,65 +54,33 @@ from numpy.typing import ArrayLike
 
 from engine.config import RunConfig, resolve_source
 from engine.data.loaders import load_prompts
-from engine.decoding.generation import SamplingParams
-from engine.decoding.rollouts import Rollout, VLLMEngine, engine_checkpoint, sample, token_logps
+from engine.decoding.generation import SamplingParams, derived_seed
+from engine.decoding.rollouts import Rollout, VLLMEngine, engine_checkpoint, response_log_probs, response_tokens, sample
 from engine.errors import InputError
 from engine.judges import Judge, get_judge
 from engine.methods.magnetic_po.config import MagneticPOParams
+from engine.methods.magnetic_po.loss import mmd_objective, self_play_advantages, token_kl
 from engine.models.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 from engine.paths import RunLayout
 from engine.recipes.preference import TrainingDiverged, weights_dtype
 from engine.store.runs import RunWriter
 from engine.theory.magnetic import (
     MirrorDescentTrace,
-    empirical_gap,
     magnetic_mirror_descent,
     multiplicative_weights,
+    pool_exploitability,
     symmetrize_preferences,
 )
 from engine.theory.statistics import outcomes_from_probabilities, win_rate
 
 EVAL_TEMPERATURE = SamplingParams().temperature  # held-out comparisons decode as every other evaluation does
-GAP_PROMPTS = 16  # fixed held-out prompts whose sampled pools give magmpo/gap
+EXPLOIT_PROMPTS = 16  # fixed held-out prompts of magmpo/exploitability
+POOL_SIZE = 8  # candidate responses per prompt in its reference pool, drawn once from the SFT policy
+EXPLOIT_SAMPLES = 8  # policy samples per prompt each time magmpo/exploitability is measured
 GENERATION_BATCH = 64
 
 
-# ---------------------------------------------------------------------------------------------- pure math
-
-
-def self_play_advantages(raw: ArrayLike) -> tuple[np.ndarray, np.ndarray, float]:
-    """Win rates q, advantages A = q - 1/2 and the judge's position asymmetry, from raw judge matrices [B, G, G].
-
-    `raw[b, i, j]` is the judge's P(y_i beats y_j) for prompt b (diagonal ignored). Each matrix is symmetrised to
-    `(p_ij + 1 - p_ji) / 2`, then `q_i = mean_{j != i} p_ij`. Returns q [B, G], A [B, G] and mean |p_ij + p_ji - 1|.
-    """
-    matrices = np.asarray(raw, dtype=float)
-    if matrices.ndim != 3 or matrices.shape[1] != matrices.shape[2] or matrices.shape[1] < 2:
-        raise InputError(f"raw must have shape [B, G, G] with G >= 2 responses per prompt, got {matrices.shape}")
-    group = matrices.shape[1]
-    symmetric = np.stack([symmetrize_preferences(m) for m in matrices])
-    q = (symmetric.sum(axis=2) - 0.5) / (group - 1)  # the diagonal of a symmetrised matrix is exactly 1/2
-    off_diagonal = ~np.eye(group, dtype=bool)
-    asymmetry = np.abs(matrices + np.swapaxes(matrices, 1, 2) - 1.0)[:, off_diagonal]
-    return q, q - 0.5, float(asymmetry.mean())
-
-
-def k3_kl(policy_logps: torch.Tensor, magnet_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Summed per-token k3 estimate of KL(policy || magnet) on tokens sampled from the policy, [N].
-
-    `exp(d) - 1 - d` with `d = log magnet - log policy` is >= 0 for every token and 0 where the models agree;
-    `expm1` keeps it exact for small d. Inputs are [N, T] per-token log-probs and a [N, T] response mask.
-    """
-    d = magnet_logps - policy_logps
-    return ((torch.expm1(d) - d) * mask).sum(dim=-1)
-
-
-# ---------------------------------------------------------------------------------------------- sampling, scoring
-
-
-def derived_seed(seed: int, *parts: int) -> int:
-    """An independent seed per (run seed, round, step, ...): a resumed run draws exactly what it would have."""
-    return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
+# ---------------------------------------------------------------------------------------------- scoring
 
 
 def judge_groups(judge: Judge, prompts: list[str], texts: list[str], group: int) -> np.ndarray:
@@ -132,6 +97,16 @@ def judge_groups(judge: Judge, prompts: list[str], texts: list[str], group: int)
 def symmetric_preference(judge: Judge, prompts: list[str], a: list[str], b: list[str]) -> np.ndarray:
     """P(a beats b) with both presentation orders averaged, so that the comparison has no position bias."""
     return (judge.prob_a_beats_b(prompts, a, b) + 1.0 - judge.prob_a_beats_b(prompts, b, a)) / 2.0
+
+
+def pool_wins(judge: Judge, prompts: list[str], pool: list[str], samples: list[str]) -> np.ndarray:
+    """[B, K, M]: P(pool response k beats policy sample m) on prompt b, both presentation orders averaged; `pool` and
+    `samples` hold K and M texts per prompt, prompt by prompt."""
+    n_pool, n_samples = len(pool) // len(prompts), len(samples) // len(prompts)
+    index = [(b, k, m) for b in range(len(prompts)) for k in range(n_pool) for m in range(n_samples)]
+    probs = symmetric_preference(judge, [prompts[b] for b, _, _ in index], [pool[b * n_pool + k] for b, k, _ in index],
+                                 [samples[b * n_samples + m] for b, _, m in index])
+    return np.asarray(probs, dtype=float).reshape(len(prompts), n_pool, n_samples)
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -166,17 +141,18 @@ def log_game_trace(writer: RunWriter, payoff: ArrayLike, eta: float = 1.0, alpha
 
 
 class SelfPlay:
-    """Policy, magnet, SFT anchor, judge and optimiser of one run; `step` is one MagMPO update.
+    """Policy, magnet, SFT anchor, judge and optimiser of one run; `step` is one MMD step (`update` its optimisation).
 
     With a vLLM `engine` the policy's samples come from it; its weights are pushed again before any sampling that
-    follows an optimiser step (as TRL's GRPO syncs whenever the global step changed): a step trains on samples of
-    the policy it updates, which the advantage-weighted log-likelihood and the k3 estimate both assume.
+    follows an optimiser step (as TRL's GRPO syncs whenever the global step changed): a step starts from samples of
+    the policy pi_t it updates, which its likelihood ratios (1 at the first inner step) are taken against.
     """
 
     def __init__(self, policy, tokenizer, judge: Judge, params: MagneticPOParams, *, learning_rate: float,
                  total_steps: int, warmup_steps: int, max_prompt_tokens: int, autocast=nullcontext,
                  engine: VLLMEngine | None = None) -> None:
-        self.policy = policy.eval()  # eval mode: no dropout in the policy either (algorithms.md conventions)
+        self.policy = policy.eval()  # eval mode: no dropout in the policy either (docs/methods/README.md,
+                                     # shared conventions)
         self.engine, self.updates, self.synced_at = engine, 0, None  # optimiser steps taken, engine's copy of them
         self.magnet, self.sft = frozen_copy(policy), frozen_copy(policy)
         self.tokenizer, self.judge, self.params = tokenizer, judge, params
@@ -207,40 +183,51 @@ class SelfPlay:
                                   next(self.policy.parameters()).device)
 
     def step(self, prompts: list[str], seed: int) -> dict[str, float]:
-        """Sample G responses per prompt, judge them pairwise, take one AdamW step; returns the step's metrics."""
-        group, lr = self.params.group_size, self.scheduler.get_last_lr()[0]
+        """Sample G responses per prompt from pi_t, judge them pairwise, take one MMD step; returns its metrics."""
+        group = self.params.group_size
         rollout = self.rollout(prompts, group, self.params.temperature, seed)
-        q, adv, asymmetry = self_play_advantages(judge_groups(self.judge, prompts, rollout.texts, group))
+        _, adv, asymmetry = self_play_advantages(judge_groups(self.judge, prompts, rollout.texts, group))
         advantages = torch.as_tensor(adv.reshape(-1), dtype=torch.float32, device=rollout.input_ids.device)
+        return {**self.update(rollout, advantages), "magmpo/adv_std": float(adv.std()),
+                "magmpo/pref_asymmetry": asymmetry, "magmpo/response_length": rollout.lengths.float().mean().item()}
+
+    def update(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
+        """One MMD step from the policy pi_t that sampled `rollout`: `inner_steps` AdamW steps on its objective
+        (engine/methods/magnetic_po/loss.py), `advantages` [N] = q - 1/2 with q measured against pi_t."""
+        tokens, mask, params = response_tokens(rollout), rollout.response_mask, self.params
+        lr = self.scheduler.get_last_lr()[0]
         with torch.no_grad(), self.autocast():
-            magnet_logps, sft_logps = token_logps(self.magnet, rollout), token_logps(self.sft, rollout)
-        with self.autocast():
-            logps = token_logps(self.policy, rollout)
-        kl_magnet = k3_kl(logps, magnet_logps, rollout.response_mask)
-        loss = -(advantages * logps.sum(dim=-1)).mean() + self.params.alpha * kl_magnet.mean()
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
-        self.optimizer.step()
-        self.updates += 1
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        kl_sft = k3_kl(logps.detach(), sft_logps, rollout.response_mask)
+            log_magnet = response_log_probs(self.magnet, rollout)
+        for inner in range(params.inner_steps):
+            with self.autocast():
+                log_pi = response_log_probs(self.policy, rollout)
+            if inner == 0:  # pi_t, the sampler, stays the proximal centre for the whole step: keep its distributions
+                log_start = log_pi.detach()
+                with torch.no_grad(), self.autocast():
+                    kl_sft = (token_kl(log_start, response_log_probs(self.sft, rollout)) * mask).sum(-1).mean().item()
+            terms = mmd_objective(log_pi, log_magnet, log_start, tokens, mask, advantages, params.alpha, params.eta)
+            if inner == 0:
+                kl_magnet = terms.kl_magnet.mean().item()
+            loss = terms.loss.mean()
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
+            self.optimizer.step()
+            self.updates += 1
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        # loss and kl_step are those of the last inner step's forward, after inner_steps - 1 updates
         return {"loss": loss.item(), "learning_rate": lr, "grad_norm": float(grad_norm),
-                "magmpo/adv_mean": float(adv.mean()), "magmpo/adv_std": float(adv.std()),
-                "magmpo/kl_to_magnet": kl_magnet.mean().item(), "magmpo/kl_to_sft": kl_sft.mean().item(),
-                "magmpo/winrate_self": float(q.mean()), "magmpo/pref_asymmetry": asymmetry,
-                "magmpo/response_length": rollout.lengths.float().mean().item()}
+                "magmpo/kl_to_magnet": kl_magnet, "magmpo/kl_to_sft": kl_sft,
+                "magmpo/kl_step": terms.kl_start.mean().item()}
 
     def refresh_magnet(self) -> None:
         """End of a round: the magnet becomes the current policy (frozen)."""
         self.magnet.load_state_dict(self.policy.state_dict())
 
-    def pool_gap(self, prompts: list[str], seed: int) -> tuple[float, np.ndarray]:
-        """Mean empirical duality gap of G policy samples per prompt, and the first prompt's raw judge matrix."""
-        group = self.params.group_size
-        rollout = self.rollout(prompts, group, self.params.temperature, seed)
-        raw = judge_groups(self.judge, prompts, rollout.texts, group)
-        return float(np.mean([empirical_gap(m) for m in raw])), raw[0]
+    def exploitability(self, prompts: list[str], pool: list[str], seed: int) -> float:
+        """magmpo/exploitability: `pool_exploitability` of EXPLOIT_SAMPLES policy samples per prompt against `pool`."""
+        samples = self.rollout(prompts, EXPLOIT_SAMPLES, self.params.temperature, seed).texts
+        return pool_exploitability(pool_wins(self.judge, prompts, pool, samples))
 
 
 # ---------------------------------------------------------------------------------------------- the recipe
@@ -315,7 +302,11 @@ def _load_checkpoint(play: SelfPlay, layout: RunLayout) -> dict:
     play.optimizer.load_state_dict(tensors["optimizer"])
     play.scheduler.load_state_dict(tensors["scheduler"])
     play.refresh_magnet()  # checkpoints are taken right after a refresh
-    return json.loads(layout.selfplay_progress.read_text(encoding="utf-8"))
+    progress = json.loads(layout.selfplay_progress.read_text(encoding="utf-8"))
+    if "reference_pool" not in progress:
+        raise InputError(f"resume: the checkpoint at {layout.selfplay_progress.parent} predates the reference pool of "
+                         "magmpo/exploitability; start a new run instead of resuming")
+    return progress
 
 
 def train_magnetic(cfg: RunConfig, writer: RunWriter, resume: bool = False) -> Path:
@@ -345,23 +336,25 @@ def train_magnetic(cfg: RunConfig, writer: RunWriter, resume: bool = False) -> P
         engine_checkpoint(resolve_source(cfg.model.path)), tokenizer, tokenizer_path=tokenizer_path,
         dtype=resolve_dtype(cfg.model.dtype, device), max_model_len=cfg.data.max_length, seed=t.seed,
         trust_remote_code=cfg.model.trust_remote_code)
-    total = params.rounds * steps_per_round
+    total = params.rounds * steps_per_round * params.inner_steps  # the schedule counts optimiser steps
     play = SelfPlay(policy, tokenizer, judge, params, learning_rate=t.learning_rate, total_steps=total,
                     warmup_steps=max(1, math.ceil(t.warmup_ratio * total)), max_prompt_tokens=max_prompt_tokens,
                     autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else nullcontext,
                     engine=engine)
-    eval_seed, layout = derived_seed(t.seed, 1), RunLayout(writer.dir)
+    eval_seed, layout, probe = derived_seed(t.seed, 1), RunLayout(writer.dir), heldout[:EXPLOIT_PROMPTS]
     if resume:
         progress = _load_checkpoint(play, layout)
         first_round, previous = progress["round"] + 1, progress["previous_texts"]
-        sft_texts = progress["sft_texts"]
+        sft_texts, pool = progress["sft_texts"], progress["reference_pool"]
     else:
         first_round = 1
         sft_texts = previous = _heldout_texts(play, heldout, eval_seed)
-        gap, game = play.pool_gap(heldout[:GAP_PROMPTS], derived_seed(t.seed, 2, 0))
-        writer.log_metrics(0, {"magmpo/gap": gap, "magmpo/round": 0})
-        log_game_trace(writer, symmetrize_preferences(game))
-        print(f"round 0 (sft): gap {gap:.3f}, sampling with {backend}", flush=True)
+        # the reference pool: drawn once from the SFT policy, so that a policy that collapses is still exploitable
+        pool = play.rollout(probe, POOL_SIZE, params.temperature, derived_seed(t.seed, 5)).texts
+        exploit = play.exploitability(probe, pool, derived_seed(t.seed, 2, 0))
+        writer.log_metrics(0, {"magmpo/exploitability": exploit, "magmpo/round": 0})
+        log_game_trace(writer, symmetrize_preferences(judge_groups(judge, probe[:1], pool[:POOL_SIZE], POOL_SIZE)[0]))
+        print(f"round 0 (sft): exploitability {exploit:.3f}, sampling with {backend}", flush=True)
     for r in range(first_round, params.rounds + 1):
         started, step = time.perf_counter(), (r - 1) * steps_per_round
         for batch in _batches(chunks[r - 1], t.batch_size, steps_per_round, derived_seed(t.seed, 3, r)):
@@ -379,14 +372,15 @@ def train_magnetic(cfg: RunConfig, writer: RunWriter, resume: bool = False) -> P
         # in round 1 the magnet was the SFT model: the same comparison, stored once
         vs_sft = vs_magnet if r == 1 else _evaluate(writer, params.judge, judge, heldout, texts, sft_texts, name,
                                                     "sft", t.seed)
-        gap, _ = play.pool_gap(heldout[:GAP_PROMPTS], derived_seed(t.seed, 2, r))
+        exploit = play.exploitability(probe, pool, derived_seed(t.seed, 2, r))
         writer.log_metrics(step, {"magmpo/winrate_vs_magnet": vs_magnet, "magmpo/winrate_vs_sft": vs_sft,
-                                  "magmpo/gap": gap, "magmpo/round": r})
+                                  "magmpo/exploitability": exploit, "magmpo/round": r})
         play.refresh_magnet()
         previous = texts
-        _save_checkpoint(play, layout, {"round": r, "step": step, "previous_texts": texts, "sft_texts": sft_texts})
+        _save_checkpoint(play, layout, {"round": r, "step": step, "previous_texts": texts, "sft_texts": sft_texts,
+                                        "reference_pool": pool})
         print(f"round {r}/{params.rounds}: step {step} winrate_vs_magnet {vs_magnet:.3f} winrate_vs_sft {vs_sft:.3f}"
-              f" gap {gap:.3f} kl_to_sft {metrics['magmpo/kl_to_sft']:.2f}"
+              f" exploitability {exploit:.3f} kl_to_sft {metrics['magmpo/kl_to_sft']:.2f}"
               f" ({time.perf_counter() - started:.0f} s)", flush=True)
     out = layout.model
     final = play.policy.merge_and_unload() if cfg.model.lora is not None else play.policy

@@ -1,7 +1,8 @@
 """The MixMPO job (Wang, Gui, Hu, Lin, Zhang, "MPO: post-processing framework for mixing diverse preference
-alignment", ICML 2025; algorithms.md section 4), from preference files to a Pareto sweep, as one run.
+alignment", ICML 2025; docs/methods/mixing_po.md), from preference files to a Pareto sweep, as one run.
 
-1. One DPO expert per objective from the shared reference (engine.recipes.preference.train_preference_model), saved under
+1. One DPO expert per objective from the shared reference
+   (engine.recipes.preference.train_preference_model), saved under
    ``<run>/experts/<name>/model`` (LoRA adapters on the base when ``model.lora`` is set), metrics prefixed
    ``<name>/``; a DPO baseline on the union of all preference sets under ``<run>/baselines/dpo_union/model``.
 2. M samples per held-out prompt from the reference at temperature 1, their log-ratios
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from engine.config import RunConfig, resolve_source
+from engine.decoding.distributions import SEQUENCE_T1
 from engine.errors import InputError
 from engine.methods.mixing_po.config import UNION, expert_config
 from engine.paths import RunLayout
@@ -45,7 +47,7 @@ from engine.recipes.mixing_estimates import (
     weight_vector,
 )
 from engine.store.runs import RunWriter, run_layout
-from engine.theory.mixing import f_hat, mirror_descent_trace
+from engine.theory.mixing import duality_gap, f_hat, f_hat_grad, mirror_descent_trace
 
 Z95 = 1.959963984540054
 __all__ = ["balance", "mix_generate", "train_mixing"]  # balance lives with the samples (no torch), re-exported
@@ -172,6 +174,9 @@ def train_mixing(cfg: RunConfig, writer: RunWriter, resume: bool = False) -> Pat
     # E_ref exp(ell_k) = 1), far below 0 when they miss its typical responses and estimates near it are unusable
     final.update({f"mix/ref_coverage_{n}": f_hat(np.eye(len(names))[i], samples.logratios)
                   for i, n in enumerate(names)})
+    # the trace certifies each iterate on its batch; the result is the average, measured here on every prompt
+    final.update({"mix/F_hat_bar": f_hat(trace.weights, samples.logratios),
+                  "mix/gap_bar": duality_gap(trace.weights, f_hat_grad(trace.weights, samples.logratios))})
     writer.log_metrics(params.md_steps, final)
     layout.lambda_star.write_text(json.dumps(dict(zip(names, trace.weights.tolist()))), encoding="utf-8")
     pareto_sweep(cfg, writer, policies, samples, trace.weights, prompts)
@@ -209,7 +214,11 @@ def _generate(policies, names, weights, prompts, g, params, mode, candidates, ba
 def pareto_sweep(cfg: RunConfig, writer: RunWriter, policies, samples: MixingSamples, lam_star: np.ndarray,
                  prompts: Sequence[str]) -> pd.DataFrame:
     """Estimates over the simplex grid and at the named points, real generations at the named points; rows of
-    ``mixtures`` (also returned), ``evaluations`` and ``generations``."""
+    ``mixtures`` (also returned), ``evaluations`` and ``generations``.
+
+    Every row names its distribution (engine.decoding.distributions): the estimates describe ``pi_lambda`` at
+    temperature 1, the generations the run's decode mode at its temperature, mixtures and comparators alike.
+    """
     from engine.decoding.generation import SamplingParams, cache_key
     from engine.decoding.mixture import REFERENCE
 
@@ -224,15 +233,16 @@ def pareto_sweep(cfg: RunConfig, writer: RunWriter, policies, samples: MixingSam
     for label, w in estimated:
         est = instant_estimate(samples, w)
         weights = json.dumps([round(float(x), 6) for x in w])
-        rows += [{"label": label, "weights": weights, "objective": n, "score": est["scores"][n], "kind": "estimate",
-                  "ess": est["ess_mean"]} for n in names]
-        rows.append({"label": label, "weights": weights, "objective": "kl", "score": est["kl"], "kind": "estimate",
-                     "ess": est["ess_mean"]})
+        point = {"label": label, "weights": weights, "kind": "estimate", "ess": est["ess_mean"],
+                 "distribution": SEQUENCE_T1}
+        rows += [{**point, "objective": n, "score": est["scores"][n]} for n in names]
+        rows.append({**point, "objective": "kl", "score": est["kl"]})
     if UNION in policies.names:
         named[UNION] = ([UNION], [1.0])
     sampling = SamplingParams(params.max_new_tokens, params.temperature, 1.0, cfg.training.seed)
     eval_prompts, g = list(prompts[: params.eval_prompts]), params.eval_samples_per_prompt
-    judges = [o.judge for o in params.objectives]
+    judges, distribution = [o.judge for o in params.objectives], params.decoded_distribution()
+    maxmin = {}
     for label, (members, w) in named.items():
         repeated, out = _generate(policies, members, w, eval_prompts, g, sampling, params.decode_mode,
                                   params.sir_candidates, params.batch_size)
@@ -244,24 +254,59 @@ def pareto_sweep(cfg: RunConfig, writer: RunWriter, policies, samples: MixingSam
         for i, n in enumerate(names):
             mean, se = _mean_se(scores[:, :, i])
             rows.append({"label": label, "weights": weights, "objective": n, "score": mean, "kind": "generated",
-                         "ess": ess})
-            evaluations.append({"model": label, "baseline": "", "metric": f"score/{n}", "value": mean,
-                                "low": mean - Z95 * se, "high": mean + Z95 * se, "n": len(repeated)})
+                         "ess": ess, "distribution": distribution})
+            evaluations.append(_evaluation(label, f"score/{n}", mean, se, len(repeated)))
+        rewards, kl = _decoded_rewards(policies, names, label, full, repeated, out.token_ids, samples, params)
+        for i, n in enumerate(names):
+            evaluations.append(_evaluation(label, f"implicit_reward/{n}", *_mean_se(rewards[:, :, i]),
+                                           len(repeated)))
+        if distribution == SEQUENCE_T1:
+            maxmin[label] = float(rewards.mean(axis=(0, 1)).min() - kl)
+            evaluations.append(_evaluation(label, "maxmin_value", maxmin[label], float("nan"), len(repeated)))
         writer.append("evaluations", evaluations)
         key = cache_key(f"{writer.run_id}:{label}:{weights}", params.prompts, sampling, f"mixed:{params.decode_mode}")
         writer.append("generations", ({"cache_key": key, "model": label, "prompt_set": params.prompts,
                                        "prompt_id": i // g, "prompt": p, "output": t, "num_tokens": c}
                                       for i, (p, t, c) in enumerate(zip(repeated, out.texts, out.num_tokens))))
+    if maxmin:
+        best_other = max(v for label, v in maxmin.items() if label != "lambda*")
+        writer.log_metrics(params.md_steps, {"check/maxmin_margin": maxmin["lambda*"] - best_other})
     if params.check_estimates:
         checks = {"lambda*": lam_star, "uniform": np.full(k, 1.0 / k), f"expert:{names[0]}": one_hot[names[0]]}
         check = estimate_check(policies, samples, eval_prompts, checks, judges, g, params.sir_candidates,
                                params.max_new_tokens, cfg.training.seed, params.batch_size)
         check.to_parquet(writer.layout.estimate_check, index=False)
         rows += [{"label": r.label, "weights": r.weights, "objective": r.objective, "score": r.generated,
-                  "kind": "check", "ess": r.ess_sir} for r in check.itertuples()]
+                  "kind": "check", "ess": r.ess_sir, "distribution": SEQUENCE_T1} for r in check.itertuples()]
         writer.log_metrics(params.md_steps, {"check/within_ci_frac": float(check["within_ci"].mean())})
     writer.append("mixtures", rows)
     return pd.DataFrame(rows)
+
+
+def _evaluation(label: str, metric: str, mean: float, se: float, n: int) -> dict:
+    return {"model": label, "baseline": "", "metric": metric, "value": mean, "low": mean - Z95 * se,
+            "high": mean + Z95 * se, "n": n}
+
+
+def _decoded_rewards(policies, names: Sequence[str], label: str, weights: np.ndarray, prompts: Sequence[str],
+                     token_ids: Sequence[list[int]], samples: MixingSamples, params) -> tuple[np.ndarray, float]:
+    """The implicit rewards ``ell_k`` of one point's decoded responses [P, g, K], and its KL to the reference.
+
+    The KL is exact for the union baseline (the mean of its own log-ratio) and, for a point of the sequence mixture
+    (lambda*, an expert, the reference), ``E_lambda[lambda . ell] - log Z(lambda)`` with ``log Z`` estimated by
+    ``F_hat`` on the same prompts' stored reference samples; it is meaningful only when the run decodes
+    ``pi_lambda`` itself (``sequence T=1``).
+    """
+    from engine.decoding.mixture import logratios
+
+    scored = [*names, UNION] if label == UNION else list(names)
+    ell, _ = logratios(policies, scored, prompts, token_ids, params.batch_size)
+    p = len(prompts) // params.eval_samples_per_prompt
+    rewards = ell[:, : len(names)].reshape(p, params.eval_samples_per_prompt, len(names))
+    if label == UNION:
+        return rewards, float(ell[:, -1].mean())
+    kl = float(rewards.mean(axis=(0, 1)) @ weights - f_hat(weights, samples.logratios[:p]))
+    return rewards, kl
 
 
 def estimate_check(policies, samples: MixingSamples, prompts: Sequence[str], points: dict[str, np.ndarray],
@@ -305,6 +350,7 @@ def mix_generate(run_id: str, weights: Sequence[float] | dict[str, float], promp
                  n: int = 8, seed: int = 0) -> list[dict]:
     """``n`` responses from a mixing run's mixture with ``weights`` (list in objective order or dict by name, on the
     simplex), decoded with the run's decode mode, temperature and length, each scored by every objective's judge.
+    Each row names the distribution sampled (``sequence T=1`` is the one the instant estimates describe).
 
     Prompts cycle through ``prompts`` (default: the run's prompt set from its start), so ``prompts=["The film"]``
     gives n samples of one prompt. Rows: prompt, output, num_tokens, scores {objective: score}, ess (SIR modes).
@@ -327,5 +373,5 @@ def mix_generate(run_id: str, weights: Sequence[float] | dict[str, float], promp
                        params.sir_candidates, params.batch_size)
     scores = _judge([o.judge for o in params.objectives], chosen, out.texts)
     return [{"prompt": p, "output": t, "num_tokens": c, "scores": dict(zip(names, map(float, s))),
-             "ess": None if out.ess is None else float(out.ess[i])}
+             "ess": None if out.ess is None else float(out.ess[i]), "distribution": params.decoded_distribution()}
             for i, (p, t, c, s) in enumerate(zip(chosen, out.texts, out.num_tokens, scores))]

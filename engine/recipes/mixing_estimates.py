@@ -25,7 +25,7 @@ from engine.config import RunConfig, config_from_dict
 from engine.errors import InputError
 from engine.methods import get_method, method_names
 from engine.store.runs import read_run, run_layout
-from engine.theory.mixing import estimate_mixture, mirror_descent_trace
+from engine.theory.mixing import duality_gap, estimate_mixture, f_hat, f_hat_grad, mirror_descent_trace
 
 # ---------------------------------------------------------------------------------------------- stored samples
 
@@ -129,8 +129,10 @@ def mixing_run_config(run_id: str) -> RunConfig:
 
 
 def balance(run_id: str, *, eta: float | None = None, steps: int | None = None, seed: int | None = None) -> dict:
-    """Rerun mirror descent on a run's stored log-ratios (no model call): lambda*, the estimate there, the final
-    duality gap. ``eta``/``steps``/``seed`` override the run's settings."""
+    """Rerun mirror descent on a run's stored log-ratios (no model call): lambda* (the averaged iterate), the
+    estimate there, and the duality gap and ``F_hat`` of lambda* itself on all stored prompts (the trace's last
+    row describes the last iterate on one batch, not the result). ``eta``/``steps``/``seed`` override the run's
+    settings."""
     cfg = mixing_run_config(run_id)
     params = cfg.params
     samples = load_samples(run_id)
@@ -141,4 +143,5 @@ def balance(run_id: str, *, eta: float | None = None, steps: int | None = None, 
                                  tail=params.tail_average)
     estimate = instant_estimate(samples, trace.weights)
     return {"weights": estimate["weights"], "scores": estimate["scores"], "rewards": estimate["rewards"],
-            "estimate": estimate, "gap": float(trace.gap[-1]), "F_hat": float(trace.f_hat[-1])}
+            "estimate": estimate, "gap": duality_gap(trace.weights, f_hat_grad(trace.weights, samples.logratios)),
+            "F_hat": f_hat(trace.weights, samples.logratios)}

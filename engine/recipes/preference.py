@@ -98,7 +98,8 @@ def training_arguments(cfg: RunConfig, output_dir: Path, has_eval: bool) -> DPOC
     """
     t = cfg.training
     on_cuda = resolve_device(t.device).type == "cuda"
-    half = {"bfloat16": "bf16", "float16": "fp16", "float32": None, "auto": "bf16" if on_cuda else None}[cfg.model.dtype]
+    half = {"bfloat16": "bf16", "float16": "fp16", "float32": None,
+            "auto": "bf16" if on_cuda else None}[cfg.model.dtype]
     return DPOConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=t.batch_size,

@@ -50,16 +50,20 @@ SCHEMA: dict[str, dict[str, str]] = {
     "generations": {"run_id": "VARCHAR", "cache_key": "VARCHAR", "model": "VARCHAR", "prompt_set": "VARCHAR",
                     "prompt_id": "BIGINT", "prompt": "VARCHAR", "output": "VARCHAR", "num_tokens": "BIGINT",
                     "time": "DOUBLE"},
-    # Pairwise verdicts of a judge or a person (`source` = judge name or "human").
+    # Pairwise verdicts of a judge or a person (`source` = judge name or "human"). `position`: where output_a was
+    # shown, "a" (first only) or "ab" (both orders averaged, engine.judges.both_orders); NULL when not recorded.
     "judgments": {"run_id": "VARCHAR", "source": "VARCHAR", "prompt": "VARCHAR", "model_a": "VARCHAR",
                   "model_b": "VARCHAR", "output_a": "VARCHAR", "output_b": "VARCHAR", "prob_a": "DOUBLE",
-                  "winner": "VARCHAR", "time": "DOUBLE"},
+                  "winner": "VARCHAR", "position": "VARCHAR", "time": "DOUBLE"},
     # Summary numbers of an evaluation: win rates with intervals, scores, margins.
+    # `distribution`: what generated texts a score describes (engine.decoding.distributions); NULL for other metrics.
     "evaluations": {"run_id": "VARCHAR", "model": "VARCHAR", "baseline": "VARCHAR", "metric": "VARCHAR",
-                    "value": "DOUBLE", "low": "DOUBLE", "high": "DOUBLE", "n": "BIGINT", "time": "DOUBLE"},
-    # Points of a mixing run: weights (JSON list), per-objective scores, how they were obtained.
+                    "value": "DOUBLE", "low": "DOUBLE", "high": "DOUBLE", "n": "BIGINT", "distribution": "VARCHAR",
+                    "time": "DOUBLE"},
+    # Points of a mixing run: weights (JSON list), per-objective scores, how they were obtained (`kind`) and which
+    # distribution they describe (engine.decoding.distributions: only points of one distribution share a front).
     "mixtures": {"run_id": "VARCHAR", "label": "VARCHAR", "weights": "VARCHAR", "objective": "VARCHAR",
-                 "score": "DOUBLE", "kind": "VARCHAR", "ess": "DOUBLE", "time": "DOUBLE"},
+                 "score": "DOUBLE", "kind": "VARCHAR", "ess": "DOUBLE", "distribution": "VARCHAR", "time": "DOUBLE"},
 }
 STATUSES = ("queued", "running", "finished", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -149,7 +153,7 @@ class RunWriter:
                 rel = _read_json(con, [str(src)], table)
                 _warn_unreadable_lines(src, rel.aggregate("count(*)").fetchall()[0][0])
                 if target.exists():
-                    rel = con.read_parquet(str(target)).select(*SCHEMA[table]).union(rel)
+                    rel = _read_parquet(con, [str(target)], table).union(rel)
                 if table == "metrics":
                     rel = _latest_metrics(rel)
                 order = "name, step" if table == "metrics" else "time"
@@ -233,6 +237,15 @@ def _read_json(con: duckdb.DuckDBPyConnection, files: list[str], table: str) -> 
     return rel.filter("run_id IS NOT NULL")
 
 
+def _read_parquet(con: duckdb.DuckDBPyConnection, files: list[str], table: str) -> duckdb.DuckDBPyRelation:
+    """`table`'s columns from Parquet files; a column added to SCHEMA after a file was written reads as NULL."""
+    rel = con.read_parquet(files, union_by_name=True)
+    present = set(rel.columns)
+    return rel.select(*(duckdb.ColumnExpression(c) if c in present
+                        else duckdb.ConstantExpression(None).cast(duckdb.sqltype(kind)).alias(c)
+                        for c, kind in SCHEMA[table].items()))
+
+
 def _empty(con: duckdb.DuckDBPyConnection, table: str) -> duckdb.DuckDBPyRelation:
     cols = SCHEMA[table]
     frame = pd.DataFrame({c: pd.Series(dtype=_PANDAS_DTYPES[t]) for c, t in cols.items()})
@@ -276,7 +289,7 @@ class StoreReader:
         jsonl = [f for f in files if f.endswith(".jsonl")]
         parts = []
         if parquet:
-            parts.append(self.con.read_parquet(parquet).select(*SCHEMA[table]))
+            parts.append(_read_parquet(self.con, parquet, table))
         if jsonl:
             parts.append(_read_json(self.con, jsonl, table))
         rel = parts[0] if parts else _empty(self.con, table)

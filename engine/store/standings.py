@@ -46,7 +46,8 @@ def leaderboard(reader: StoreReader, sources: Sequence[str] | None = None, n_res
     return pd.concat(parts, ignore_index=True)[columns]
 
 
-_POINT_COLUMNS = ["name", "label", "kind", "run_id", "weights", "ess"]
+_POINT_COLUMNS = ["name", "label", "kind", "distribution", "run_id", "weights", "ess"]
+UNKNOWN_DISTRIBUTION = "unknown"  # rows stored before distributions were recorded
 _COST_OBJECTIVES = ("kl",)  # the sweep's KL to the reference: a cost drawn on no front
 
 
@@ -61,7 +62,9 @@ def _point_name(label: str, kind: str, weights: str, run_id: str) -> str:
 def pareto_table(reader: StoreReader, objectives: Sequence[str] | None = None, kinds: Sequence[str] | None = None,
                  run_ids: Sequence[str] | None = None) -> pd.DataFrame:
     """Per-objective scores of every evaluated model and every mixture point, with ``on_front`` marking the
-    non-dominated ones among the points kept (larger is better in every objective).
+    non-dominated ones among the points kept of the same ``distribution`` (larger is better in every objective):
+    an estimate of ``pi_lambda`` at temperature 1 never dominates, nor is dominated by, a token-level mixture or a
+    model sampled at another temperature (engine.decoding.distributions).
 
     A model is one point: its latest ``score/<objective>`` of any evaluation run (``run_id``: the run of its latest
     score). A mixture point is one (run, label, kind) of the ``mixtures`` table at its latest weights, so a sweep
@@ -69,22 +72,26 @@ def pareto_table(reader: StoreReader, objectives: Sequence[str] | None = None, k
     point per weights. A mixing run's own ``evaluations`` rows are the scores of its generated points: they count
     once, as mixtures. ``objectives`` defaults to every objective scored except the sweep's ``kl`` (a cost); points
     lacking one of them are left out. ``kinds`` ("model", "mixture:estimate", ...) and ``run_ids`` keep only those
-    points; the front is drawn among them. Returns columns name (see ``_point_name``), label, kind, run_id, weights
-    (JSON list, "" for models), ess (NaN for models), one per objective, on_front; sorted by kind and name.
+    points; the front is drawn among them. Returns columns name (see ``_point_name``), label, kind, distribution,
+    run_id, weights (JSON list, "" for models), ess (NaN for models), one per objective, on_front; sorted by kind and
+    name.
     """
     models = reader.query(
         "SELECT label, 'model' AS kind, arg_max(run_id, time) OVER (PARTITION BY label) AS run_id, '' AS point, "
-        "'' AS weights, NULL::DOUBLE AS ess, objective, score FROM (SELECT model AS label, substr(metric, 7) AS "
-        "objective, arg_max(run_id, time) AS run_id, arg_max(value, time) AS score, max(time) AS time "
+        "'' AS weights, NULL::DOUBLE AS ess, arg_max(distribution, time) OVER (PARTITION BY label) AS distribution, "
+        "objective, score FROM (SELECT model AS label, substr(metric, 7) AS objective, arg_max(run_id, time) AS "
+        "run_id, arg_max(value, time) AS score, arg_max(distribution, time) AS distribution, max(time) AS time "
         "FROM evaluations e WHERE starts_with(metric, 'score/') AND NOT EXISTS (SELECT 1 FROM mixtures m "
         "WHERE m.run_id = e.run_id AND m.label = e.model) GROUP BY model, metric)")
     mixtures = reader.query(
         "SELECT label, kind, run_id, point, arg_max(weights, time) OVER (PARTITION BY run_id, label, kind, point) "
-        "AS weights, ess, objective, score FROM (SELECT label, 'mixture:' || kind AS kind, run_id, CASE WHEN "
-        "label = 'grid' THEN weights ELSE '' END AS point, arg_max(weights, time) AS weights, arg_max(ess, time) "
-        "AS ess, objective, arg_max(score, time) AS score, max(time) AS time FROM mixtures "
+        "AS weights, ess, distribution, objective, score FROM (SELECT label, 'mixture:' || kind AS kind, run_id, "
+        "CASE WHEN label = 'grid' THEN weights ELSE '' END AS point, arg_max(weights, time) AS weights, "
+        "arg_max(ess, time) AS ess, arg_max(distribution, time) AS distribution, objective, "
+        "arg_max(score, time) AS score, max(time) AS time FROM mixtures "
         "GROUP BY run_id, label, kind, point, objective)")
     points = pd.concat([models, mixtures], ignore_index=True)
+    points["distribution"] = points["distribution"].fillna(UNKNOWN_DISTRIBUTION)
     wanted = (sorted(set(points["objective"]) - set(_COST_OBJECTIVES)) if objectives is None
               else list(objectives))
     if kinds is not None:
@@ -97,9 +104,12 @@ def pareto_table(reader: StoreReader, objectives: Sequence[str] | None = None, k
         return pd.DataFrame(columns=columns)
     keys = ["label", "kind", "run_id", "point"]
     wide = points.pivot_table(index=keys, columns="objective", values="score", aggfunc="last")
-    about = points.groupby(keys).agg(weights=("weights", "last"), ess=("ess", "max"))
+    about = points.groupby(keys).agg(weights=("weights", "last"), ess=("ess", "max"),
+                                     distribution=("distribution", "last"))
     wide = wide.reindex(columns=wanted).dropna().join(about).reset_index()
     wide.columns.name = None
     wide["name"] = [_point_name(*r) for r in wide[["label", "kind", "weights", "run_id"]].itertuples(index=False)]
-    wide["on_front"] = pareto_front(wide[wanted].to_numpy()) if len(wide) else np.zeros(0, dtype=bool)
+    wide["on_front"] = np.zeros(len(wide), dtype=bool)
+    for _, group in wide.groupby("distribution"):
+        wide.loc[group.index, "on_front"] = pareto_front(group[wanted].to_numpy())
     return wide[columns].sort_values(["kind", "name"], ignore_index=True)

@@ -8,10 +8,10 @@ Preference data (``preference_matrix``) follow one of three links, ``P_ij = P(i 
 - ``"theta"`` MallowsPO's theta-model, ``sigma(c(x) (r_i - r_j))``;
 - ``"phi"``   the Kendall-tau Mallows link ``g_phi(r_i - r_j)`` used by MallowsPO-phi.
 
-``solve`` minimises the POPULATION loss of algorithms.md section 0,
+``solve`` minimises the POPULATION loss of docs/methods/README.md (the bandit lab),
 ``sum_x sum_{i != j} mu_ij P_ij f(h_i - h_j)``, over a tabular softmax policy, calling the loss functions
 of ``engine.methods.losses`` on every ordered pair (so the lab exercises them), with torch L-BFGS in float64 (a
-deterministic optimiser). ``closed_form`` returns the optimum of algorithms.md section 6, computed with
+deterministic optimiser). ``closed_form`` returns the optimum given in each method's docs/methods page, computed with
 numpy from the definitions (probabilities, not log-space tricks) so that it is independent of the losses
 module; it raises ``NoClosedForm`` where the document says none exists. ``max_logratio_error`` compares
 the two after removing each prompt's constant shift.
@@ -39,7 +39,7 @@ _MRPO_OPTIONS = {"alpha", "eps_max", "clip", "adaptive_eps", "virtual_ref", "arw
 
 
 class NoClosedForm(ValueError):
-    """algorithms.md gives no closed-form optimum for this method / data / option combination."""
+    """docs/methods gives no closed-form optimum for this method / data / option combination."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ def make_bandit(
     N(0, 1) rewards, a random positive symmetric ``mu`` (every pair compared, so the comparison graph is
     connected and the optimum unique up to a shift) and ``c(x)`` uniform in [0.5, 2]."""
     if n_responses < 2 or n_prompts < 1 or n_refs < 1:
-        raise ValueError(f"need n_responses >= 2, n_prompts >= 1, n_refs >= 1 (got {n_responses}, {n_prompts}, {n_refs})")
+        raise ValueError(f"need n_responses >= 2, n_prompts >= 1, n_refs >= 1 "
+                         f"(got {n_responses}, {n_prompts}, {n_refs})")
     rng = np.random.default_rng(seed)
     primary = rng.normal(size=(n_prompts, n_responses))
     logits = np.stack([primary] + [primary + ref_spread * rng.normal(size=primary.shape) for _ in range(n_refs - 1)])
@@ -267,7 +268,6 @@ def _normalise(logits: np.ndarray) -> np.ndarray:
 
 def _virtual_reference(bandit: Bandit, options: dict[str, Any]) -> np.ndarray:
     """MRPO's pi_tilde per response [X, n] for fixed weights and no / fixed-eps clipping, from probabilities."""
-    k = bandit.ref_logps.shape[0]
     alpha = options.get("alpha")
     clip, adaptive = options.get("clip", True), options.get("adaptive_eps", True)
     if alpha is None or (clip and adaptive):
@@ -289,7 +289,7 @@ def _virtual_reference(bandit: Bandit, options: dict[str, Any]) -> np.ndarray:
 def closed_form(
     method: str, bandit: Bandit, *, data: str = "bt", beta: float = 0.1, phi: float = 0.05, **options: Any
 ) -> np.ndarray:
-    """The population optimum of algorithms.md sections 1-3 and 6, normalised log-probs [X, n].
+    """The population optimum of docs/methods (dpo, mallows_po, mrpo: closed-form checks), normalised log-probs [X, n].
 
     - DPO: ``pi_ref exp(s r / beta)`` with data scale ``s = 1`` (BT) or ``c(x)`` (theta data);
     - MallowsPO-theta: ``pi_ref exp(s r / (beta c))``: BT -> ``exp(r/(beta c))``, theta data -> ``exp(r/beta)``;

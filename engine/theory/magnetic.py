@@ -1,7 +1,7 @@
 """Magnetic mirror descent (MMD) on finite preference games: the tabular core of MagMPO.
 
 Paper: Wang et al., "Magnetic Preference Optimization: Achieving Last-iterate Convergence for Language
-Model Alignment", ICLR 2025. Math and defaults: ../shared/algorithms.md, section 5.
+Model Alignment", ICLR 2025. Math and defaults: docs/methods/magnetic_po.md.
 
 The game. Over a finite set of responses, `payoff[i, j] = P(y_i beats y_j)` with `payoff + payoff.T = 1`
 (so the diagonal is 1/2). Two players pick mixed policies and the row player wins with probability
@@ -31,9 +31,9 @@ game's conditioning: equilibria with a tiny probability on some action, actions 
 barely, or slow rotation around the equilibrium make the proximal-point steps crawl (tens of thousands of steps
 on some random 7-action games, against a few thousand on typical ones).
 
-Reuse by the LLM trainer (engine/trainers/magnetic_po.py): on G sampled responses to one prompt, feed the
-judge's raw pairwise matrix to `empirical_gap`, which symmetrises it (removing position bias) and returns the
-gap of the sampled pool's empirical policy, a last-iterate proxy logged as a metric.
+Reuse by the LLM recipe (engine/recipes/magnetic_selfplay.py): its per-step objective has `magnetic_step` as its
+minimiser on a finite game (tests/test_magnetic_mmd.py runs it on one), and `pool_exploitability` estimates
+`max_y P(y > pi) - 1/2` (half the duality gap) with a fixed pool of candidate responses drawn once.
 
 Everything here is numpy, pure, and computed in log space so that policies with entries near 0 stay finite.
 """
@@ -152,15 +152,21 @@ def symmetrize_preferences(raw: ArrayLike) -> np.ndarray:
     return symmetric
 
 
-def empirical_gap(raw: ArrayLike) -> float:
-    """Duality gap of the empirical policy of a sampled pool (uniform over its G samples), best response in the pool.
+def pool_exploitability(wins: ArrayLike) -> float:
+    """Exploitability of a policy seen through a fixed candidate pool: mean over prompts of max_k mean_m w - 1/2.
 
-    `raw[i, j]` is the judge's P(y_i beats y_j) for responses sampled from the current policy; duplicates simply
-    count twice, as in the empirical distribution. This is algorithms.md's `2 max_i mean_j p_ij - 1`, with the
-    self-comparison counted as a tie.
+    `wins[b, k, m]` is P(candidate k beats the policy's sample m) on prompt b. `mean_m` estimates P(y_k > pi), the
+    best candidate stands in for the best response, so each prompt's term estimates `max_y P(y > pi) - 1/2` (half of
+    `duality_gap`) with y restricted to the pool. Unlike the best response within the policy's own samples it does
+    not vanish when the policy collapses: a pool drawn once, from a broader policy, keeps the responses that beat it.
+    Restricting y biases it down; the max over noisy means biases it up (above 0 at an equilibrium).
     """
-    payoff = symmetrize_preferences(raw)
-    return _gap(np.full(payoff.shape[0], 1.0 / payoff.shape[0]), payoff)
+    matrix = np.asarray(wins, dtype=float)
+    if matrix.ndim != 3 or 0 in matrix.shape:
+        raise ValueError(f"wins must have shape [prompts, candidates, samples], got {matrix.shape}")
+    if not np.all(np.isfinite(matrix)) or matrix.min() < 0.0 or matrix.max() > 1.0:
+        raise ValueError("wins entries must be probabilities in [0, 1]")
+    return float(matrix.mean(axis=2).max(axis=1).mean() - 0.5)
 
 
 def nash_equilibrium(payoff: ArrayLike) -> np.ndarray:
@@ -233,7 +239,8 @@ def magnetic_mirror_descent(
 ) -> MirrorDescentTrace:
     """Iterate `magnetic_step` from `start`, moving the magnet to the current policy every `refresh_every` steps.
 
-    Defaults (eta = 1, alpha = 0.05, refresh every 200 steps) are algorithms.md section 5.1's simulation. They
+    Defaults (eta = 1, alpha = 0.05, refresh every 200 steps) are the paper's simulation
+    (docs/methods/magnetic_po.md). They
     lie outside MMD's guarantee (which wants eta small relative to alpha) but reach a last-iterate gap below 1e-3
     within a few thousand steps on well-conditioned 7-action games; near-degenerate games need many more
     rounds (see the module docstring). `refresh_every=None` keeps the magnet fixed: the last

@@ -1,5 +1,5 @@
 """MixMPO mathematics (Wang, Gui, Hu, Lin, Zhang, "MPO: post-processing framework for mixing diverse
-preference alignment", ICML 2025), as pure functions; algorithms.md section 4.
+preference alignment", ICML 2025), as pure functions; docs/methods/mixing_po.md.
 
 K experts ``pi_k`` are DPO policies sharing ``pi_ref``; with ``ell_k = log pi_k - log pi_ref`` the mixture is
 ``pi_lambda ∝ pi_ref exp(lambda . ell) = prod_k pi_k^lambda_k`` (lambda on the simplex). The weights minimise
@@ -143,7 +143,7 @@ def effective_sample_size(log_weights: Any, axis: int = -1) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MirrorDescentTrace:
-    """Batch stochastic mirror descent run (algorithms.md 4.3). Row t of each array is step t+1's batch
+    """Batch stochastic mirror descent run (docs/methods/mixing_po.md). Row t of each array is step t+1's batch
     estimate at ``lam[t]``, the weights *before* that step's update (so ``gap[t]`` certifies ``lam[t]``)."""
 
     weights: np.ndarray  # [K] averaged iterate: the result
@@ -337,7 +337,7 @@ def mixture_logprobs(logits: Any, weights: Any) -> Any:
     numpy out, torch in, torch out (decoding loops stay on the device). Apply temperature and logits
     processors to the result, not to the experts. One-hot weights return that expert's log_softmax
     exactly: the mixture is then that expert. This samples ``pi_lambda`` only approximately
-    (algorithms.md 4.4); ``mixture_step_log_weight`` gives the SIR correction.
+    (docs/methods/mixing_po.md); ``mixture_step_log_weight`` gives the SIR correction.
     """
     mixed, one_hot = _expert_mix(logits, weights)
     return mixed if one_hot else mixed - _lse(mixed)

@@ -355,7 +355,7 @@ def implicit_reward_margins(
 
     Inputs are summed response log-probs, one per example. Accuracy is the share of strictly positive margins
     (TRL's ``rewards/accuracies``): a zero margin has not learned the preference. Margins that keep growing
-    with accuracy near 1 signal over-optimisation rather than success (algorithms.md, DPO pitfalls).
+    with accuracy near 1 signal over-optimisation rather than success (docs/methods/dpo.md).
     """
     if not np.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be a positive number (got {beta})")

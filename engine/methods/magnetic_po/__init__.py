@@ -1,5 +1,5 @@
-"""Magnetic PO: config in config.py, recipe in engine/recipes/magnetic_selfplay.py, math in
-engine/theory/magnetic.py and docs/methods/magnetic_po.md."""
+"""Magnetic PO: config in config.py, the per-step objective in loss.py, recipe in engine/recipes/magnetic_selfplay.py,
+math in engine/theory/magnetic.py and docs/methods/magnetic_po.md."""
 
 from engine.methods.magnetic_po.config import MagneticPOParams
 from engine.methods.registry import Method, register

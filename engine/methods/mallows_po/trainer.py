@@ -2,12 +2,17 @@
 
 theta variant (the official code's): L = -logsigmoid(c(x) * beta * Delta), c(x) = -phi_star * log Hbar(x), with
 Hbar(x) the mean over chosen and rejected of each response's mean next-token entropy / log V under the reference,
-capped at `c_max`. phi variant: L = -log g_phi(beta * Delta) with the Mallows-phi link (algorithms.md 2.2).
+capped at `c_max`. phi variant: L = -log g_phi(beta * Delta) with the Mallows-phi link (docs/methods/mallows_po.md).
 The entropies are precomputed with the reference log-probs (`needs_entropy`).
 
+The policy starts at its reference, where every margin is 0 and the phi loss has zero gradient (its link jumps at
+0), so a phi run takes its first ceil(dpo_warmup_ratio * max_steps) training steps with the DPO loss, as the bandit
+lab starts phi from the DPO solution; evaluation always reports the phi loss.
+
 Config: `MallowsPOParams` (beta 0.1, variant theta, phi_star 0.29 or "auto" for a dataset mean c of 1, phi 0.05,
-c_max 10). Logs the DPO keys (rewards unscaled by c, as the official code) plus mallows/c_mean, mallows/c_std,
-mallows/c_min, mallows/c_max, mallows/ref_entropy_mean and rewards_scaled/margins = mean(beta * c * Delta).
+c_max 10, dpo_warmup_ratio 0.1). Logs the DPO keys (rewards unscaled by c, as the official code) plus, for theta,
+mallows/c_mean, mallows/c_std, mallows/c_min, mallows/c_max, mallows/ref_entropy_mean and rewards_scaled/margins =
+mean(beta * c * Delta); for phi, whose loss uses no c, mallows/dpo_warmup (1 while the DPO warm start runs).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import math
 import torch
 from datasets import Dataset
 
-from engine.methods.losses import mallows_dispersion, mallows_phi_loss, mallows_theta_loss, reward_stats
+from engine.methods.losses import dpo_loss, mallows_dispersion, mallows_phi_loss, mallows_theta_loss, reward_stats
 from engine.methods.preference_trainer import PreferenceTrainer
 
 
@@ -38,18 +43,25 @@ class MallowsPOTrainer(PreferenceTrainer):
 
     def preference_loss(self, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
                         batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        # Each branch logs the quantities its own loss uses, beyond the DPO keys: c belongs to theta only.
         params = self.method_params
-        refs = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        pairs = policy_chosen, policy_rejected, batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        stats = reward_stats(*pairs, params.beta)
+        if params.variant == "phi":
+            warmup = self._in_dpo_warmup()
+            losses = dpo_loss(*pairs, params.beta) if warmup else mallows_phi_loss(*pairs, params.beta, params.phi)
+            return losses, stats.as_log_dict() | {"mallows/dpo_warmup": float(warmup)}
         entropy_w, entropy_l = batch["ref_chosen_entropy"], batch["ref_rejected_entropy"]
         c = mallows_dispersion(entropy_w, entropy_l, self.phi_star).clamp(max=params.c_max)
-        if params.variant == "theta":
-            losses = mallows_theta_loss(policy_chosen, policy_rejected, *refs, params.beta, c)
-        else:
-            losses = mallows_phi_loss(policy_chosen, policy_rejected, *refs, params.beta, params.phi)
-        stats = reward_stats(policy_chosen, policy_rejected, *refs, params.beta)
-        logs = stats.as_log_dict()
-        logs |= {"mallows/c_mean": c.mean().item(), "mallows/c_std": c.std(unbiased=False).item(),
-                 "mallows/c_min": c.min().item(), "mallows/c_max": c.max().item(),
-                 "mallows/ref_entropy_mean": ((entropy_w + entropy_l) / 2).mean().item(),
-                 "rewards_scaled/margins": (c * stats.margins).mean().item()}
-        return losses, logs
+        losses = mallows_theta_loss(*pairs, params.beta, c)
+        return losses, stats.as_log_dict() | {
+            "mallows/c_mean": c.mean().item(), "mallows/c_std": c.std(unbiased=False).item(),
+            "mallows/c_min": c.min().item(), "mallows/c_max": c.max().item(),
+            "mallows/ref_entropy_mean": ((entropy_w + entropy_l) / 2).mean().item(),
+            "rewards_scaled/margins": (c * stats.margins).mean().item()}
+
+    def _in_dpo_warmup(self) -> bool:
+        """A training step among the first ceil(dpo_warmup_ratio * max_steps) (counted in optimizer steps, so a
+        resumed run picks up where it was)."""
+        warmup_steps = math.ceil(self.method_params.dpo_warmup_ratio * self.state.max_steps)
+        return self.model.training and self.state.global_step < warmup_steps

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.config.checks import ConfigError, check_data_ref, positive
+from engine.decoding.distributions import SIR_MODES, distribution_name
 
 UNION = "dpo_union"  # the DPO baseline trained on the union of the objectives' preference sets
 REFERENCE = "reference"  # the shared reference policy, beside the experts in a mixing run's policy set
@@ -53,18 +54,23 @@ class MixingPOParams:
     md_steps: int = field(default=2000, metadata={"help": "T: mirror-descent steps"})
     prompts_per_step: int = field(default=1, metadata={"help": "B: prompts per mirror-descent step"})
     tail_average: bool = field(default=False, metadata={"help": "average only the second half of the iterates"})
-    decode_mode: Literal["token", "sir_token", "sir_ref"] = field(default="token", metadata={
-        "help": "token: token-level geometric mixture; sir_token / sir_ref: resampled towards the sequence mixture"})
+    decode_mode: Literal["token", "sir_token", "sir_ref"] = field(default="sir_token", metadata={
+        "help": "sir_token / sir_ref: the sequence mixture pi_lambda at temperature 1, the distribution the estimates "
+                "describe and lambda* is optimised for; token: a token-level geometric mixture (another "
+                "distribution, shown apart)"})
     decode_backend: Literal["auto", "separate", "lora_batch"] = field(default="auto", metadata={
         "help": "separate: one model and KV cache per policy; lora_batch: one base with K adapters"})
-    temperature: float = field(default=0.5, metadata={"help": "evaluation decoding temperature (paper)"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "decoding temperature of every generated point (mixtures and comparators); the sir_* modes need 1, "
+                "token mode takes any (the paper evaluates at 0.5)"})
     max_new_tokens: int = field(default=128, metadata={"help": "new tokens per generation (paper)"})
     prompts: str = field(default="demo/prompts_heldout.parquet", metadata={
         "help": "prompts for the weight search and the evaluation"})
     num_prompts: int | None = field(default=None, metadata={"help": "prompts used for mirror descent; unset: all"})
     eval_prompts: int = field(default=32, metadata={"help": "the first prompts, used for real generations"})
     eval_samples_per_prompt: int = field(default=4, metadata={"help": "generations per evaluation prompt"})
-    grid_size: int = field(default=10, metadata={"help": "estimated Pareto sweep on the simplex grid of step 1/grid_size"})
+    grid_size: int = field(default=10, metadata={
+        "help": "estimated Pareto sweep on the simplex grid of step 1/grid_size"})
     union_baseline: bool = field(default=True, metadata={"help": "also train DPO on the union of the preference sets"})
     sir_candidates: int = field(default=8, metadata={
         "help": "candidates per response in the sir_* modes and the estimate check"})
@@ -85,6 +91,14 @@ class MixingPOParams:
             positive(where, name, getattr(self, name))
         if self.num_prompts is not None:
             positive(where, "num_prompts", self.num_prompts)
+        if self.decode_mode in SIR_MODES and self.temperature != 1.0:
+            raise ConfigError(f"{where}.temperature: {self.decode_mode} samples pi_lambda at temperature 1, the "
+                              f"distribution lambda* is optimised for (got {self.temperature}); set temperature: 1.0, "
+                              f"or decode_mode: token for a token-level mixture at {self.temperature}")
+
+    def decoded_distribution(self) -> str:
+        """The distribution of the run's generated points (engine.decoding.distributions)."""
+        return distribution_name(self.temperature, self.decode_mode)
 
 
 def expert_config(cfg, train: str, eval_: str | None, limit: int | None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 from engine.config.checks import ConfigError, check_model_ref, check_simplex, in_range, positive, resolve_path
 
@@ -26,6 +27,12 @@ class MRPOParams:
     clip: bool = field(default=True, metadata={"help": "clip the secondary references' log-probs (CTRO)"})
     adaptive_eps: bool = field(default=True, metadata={
         "help": "split eps_max between chosen and rejected by their log-prob scale"})
+    virtual_ref: Literal["harmonic", "geometric"] = field(default="harmonic", metadata={
+        "help": "harmonic: MRPO's (sum_k a_k / pi_k)^-1 (paper and code); geometric: sum_k a_k log pi_k, the exact "
+                "optimum of the weighted multi-KL objective (not in the paper)"})
+    arwc_convention: Literal["paper", "official_k2"] = field(default="paper", metadata={
+        "help": "paper: weight a_k on 1/pi_k; official_k2: the official K = 2 code's placement (the two weights "
+                "swapped), exactly 2 references"})
 
     def validate(self, where: str) -> None:
         if len(self.references) < 2:
@@ -44,6 +51,9 @@ class MRPOParams:
                 raise ConfigError(f"{where}.alpha: needs one weight per reference ({len(self.references)})")
             check_simplex(f"{where}.alpha", self.alpha)
         in_range(where, "eps_max", self.eps_max, 0.0, 1.0)
+        if self.arwc_convention == "official_k2" and len(self.references) != 2:
+            raise ConfigError(f"{where}.arwc_convention: official_k2 needs exactly 2 references (got "
+                              f"{len(self.references)}); it is the official K = 2 code's rule, use paper for K > 2")
 
 
 def check_primary_reference(params: MRPOParams, model) -> None:

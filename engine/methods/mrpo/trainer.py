@@ -3,11 +3,12 @@
 The primary reference (row 0) is the policy as it starts, scored by the common precompute; each secondary
 reference is loaded in turn, scores every response once, and is freed before the next, so training holds no
 reference model at all. A secondary with another tokenizer scores the same text re-tokenized with its own
-tokenizer (prompt and response separately, so no token straddles the boundary; algorithms.md 3.3).
+tokenizer (prompt and response separately, so no token straddles the boundary; docs/methods/mrpo.md).
 
 Config: `MRPOParams` (references [primary, secondaries...], beta 0.1, alpha None = adaptive ARWC weights, eps_max 0.1
-CTRO clip window, clip, adaptive_eps). Logs the DPO keys computed against the virtual reference, plus mrpo/alpha_k,
-mrpo/eps_w, mrpo/eps_l, mrpo/clip_frac_w, mrpo/clip_frac_l, and rewards_primary/* against the primary reference.
+CTRO clip window, clip, adaptive_eps, virtual_ref harmonic, arwc_convention paper). Logs the DPO keys computed
+against the virtual reference, plus mrpo/alpha_k, mrpo/eps_w, mrpo/eps_l, mrpo/clip_frac_w, mrpo/clip_frac_l, and
+rewards_primary/* against the primary reference.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from engine.config import resolve_source
 from engine.methods.losses import mrpo_loss, reward_stats
 from engine.methods.preference_trainer import PreferenceTrainer
 from engine.models.loading import load_model, load_tokenizer
-from engine.models.logprobs import prepare_scorer, same_tokenization, score_pairs, tokenize_pairs
+from engine.models.logprobs import same_tokenization, score_pairs, tokenize_pairs, with_fused_head
 
 
 class MRPOTrainer(PreferenceTrainer):
@@ -39,7 +40,7 @@ class MRPOTrainer(PreferenceTrainer):
 
     def _score_with(self, path: str, dataset: Dataset, batch_size: int, name: str):
         tokenizer = load_tokenizer(path)
-        model = prepare_scorer(load_model(path, dtype=self.model.dtype, device=self.model.device))
+        model = with_fused_head(load_model(path, dtype=self.model.dtype, device=self.model.device))
         if same_tokenization(tokenizer, self.processing_class):
             prompts, chosen, rejected = dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]
             max_length = self.args.max_length  # cut where the policy's sequences are cut
@@ -64,6 +65,7 @@ class MRPOTrainer(PreferenceTrainer):
         alpha = None if params.alpha is None else torch.tensor(params.alpha, dtype=refs_w.dtype, device=refs_w.device)
         losses, stats = mrpo_loss(policy_chosen, policy_rejected, refs_w, refs_l, params.beta, alpha=alpha,
                                   eps_max=params.eps_max, clip=params.clip, adaptive_eps=params.adaptive_eps,
+                                  virtual_ref=params.virtual_ref, arwc_convention=params.arwc_convention,
                                   return_stats=True)
         logs = reward_stats(policy_chosen, policy_rejected, stats.ref_chosen, stats.ref_rejected,
                             params.beta).as_log_dict()
