@@ -156,7 +156,8 @@ def lambda_path(run_id: str, objectives: list[str]) -> pd.DataFrame:
 def evaluation_rows(metrics: list[str]) -> pd.DataFrame:
     """Latest value of each (run, model, baseline, metric) for the given metrics, with the run's name."""
     frame = query("SELECT run_id, model, baseline, metric, arg_max(value, time) AS value, arg_max(low, time) AS low,"
-                  " arg_max(high, time) AS high, arg_max(n, time) AS n FROM evaluations WHERE list_contains(?, metric)"
+                  " arg_max(high, time) AS high, arg_max(n, time) AS n, arg_max(distribution, time) AS distribution"
+                  " FROM evaluations WHERE list_contains(?, metric)"
                   " GROUP BY run_id, model, baseline, metric ORDER BY run_id, model, metric", [metrics])
     return frame
 

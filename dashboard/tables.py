@@ -50,8 +50,8 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], only_different: bool = Tru
 
 def eval_win_rates(rows: pd.DataFrame) -> pd.DataFrame:
     """Evaluation rows (metric win_rate / lc_win_rate) to chart input: label 'model vs baseline', metric, value,
-    low, high (NaN where the store has no interval, as for the length-controlled rate), run_id, n."""
-    columns = ["label", "metric", "value", "low", "high", "run_id", "model", "baseline", "n"]
+    low, high (NaN where the store has no interval, as for the length-controlled rate), run_id, n, distribution."""
+    columns = ["label", "metric", "value", "low", "high", "run_id", "model", "baseline", "n", "distribution"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     out = rows.assign(label=rows["model"] + " vs " + rows["baseline"])

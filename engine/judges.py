@@ -343,3 +343,10 @@ def get_judge(name: str, **kwargs) -> Judge:
         base_url, _, model = arg.rpartition("#")
         return OpenAIJudge(base_url, model, **kwargs)
     raise InputError(f"unknown judge {name!r}; valid names: {_JUDGE_NAMES} (scorers: {_SCORER_NAMES})")
+
+
+def get_single_order_judge(name: str) -> Judge:
+    """The judge answering the one order it is shown, for callers that ask every ordered pair themselves (self-play
+    judges i-vs-j and j-vs-i): symmetrising inside would double the judge's cost and hide the asymmetry they report."""
+    kind = name.partition(":")[0]
+    return get_judge(name, symmetrize=False) if kind in ("lm", "openai") else get_judge(name)

@@ -18,6 +18,7 @@ from engine.config import config_from_dict, config_to_dict
 from engine.data.demo.corpus import generate_corpus
 from engine.data.demo.models import LMSpec, train_tokenizer
 from engine.decoding import generation
+from engine.decoding.distributions import distribution_name
 from engine.evaluation import ELO_PER_LOGIT, bradley_terry, length_controlled_win_rate, win_rate
 from engine.judges import lexicon_polarity
 from engine.recipes.evaluation import eval_command, evaluate_models, mean_ci, resolve_models, reward_margins
@@ -99,6 +100,8 @@ def test_evaluate_models_rows_equal_recomputation_from_stored_generations(world,
         dominated = np.all(pts[other] >= pts[m]) and np.any(pts[other] > pts[m])
         assert ev.loc[(m, "pareto_front"), "value"] == float(not dominated)
     assert frame.set_index("model").loc["policy", "win_rate"] == pytest.approx(rate[0])
+    # every number describes texts sampled plainly at the evaluation's temperature, and says so
+    assert set(ev["distribution"]) == {distribution_name(PARAMS.temperature, None)}
 
 
 def test_second_evaluation_reuses_generations_and_verdicts(world, data_root, monkeypatch):
@@ -191,6 +194,7 @@ def test_reward_margins_equal_hand_computation(world, data_root):
     assert ev.loc["reward_margin", "value"] == pytest.approx(margins.mean(), abs=1e-4 * beta * np.abs(h).mean())
     assert ev.loc["reward_accuracy", "value"] == np.mean(margins > 0) == out["reward_accuracy"]
     assert ev.loc["reward_margin", "model"] == "pol/checkpoint-7" and ev.loc["reward_margin", "n"] == n
+    assert ev["distribution"].isna().all()  # teacher-forced on stored pairs: no sampled distribution
     logged = StoreReader().query("SELECT step, name, value FROM metrics").set_index("name")
     assert logged.loc["reward_margin/pol", "step"] == 7
     with pytest.raises(ValueError, match="beta"):

@@ -23,6 +23,7 @@ from engine.judges import (
     ScorerJudge,
     SentimentScorer,
     get_judge,
+    get_single_order_judge,
     get_scorer,
     lexicon_polarity,
 )
@@ -184,7 +185,7 @@ def test_http_judge_success_and_auth(endpoint, monkeypatch):
 
 def test_http_judge_sees_both_orders_so_a_judge_that_always_answers_a_is_a_coin(endpoint):
     server, url = endpoint  # an empty script: the server answers "A" to every request, whatever it is shown
-    judge = get_judge(f"openai:{url}#m")  # the default, as the evaluation and the self-play recipes build it
+    judge = get_judge(f"openai:{url}#m")  # the default, as the evaluation builds it
     p, q = judge.prob_a_beats_b(["x"] * 2, ["a1", "a2"], ["b1", "b2"]), judge.prob_a_beats_b(["x"], ["b1"], ["a1"])
     assert p.tolist() == [0.5, 0.5] and q.tolist() == [0.5]  # (1 + 1 - 1) / 2, exactly
     shown = sorted(re.search(r"A: (\w+)\nB: (\w+)", s["body"]["messages"][0]["content"]).groups()
@@ -193,6 +194,18 @@ def test_http_judge_sees_both_orders_so_a_judge_that_always_answers_a_is_a_coin(
     assert judge.positions == "ab"
     raw = OpenAIJudge(url, "m", symmetrize=False)  # one order: the bias is the verdict
     assert raw.prob_a_beats_b(["x"] * 2, ["a1", "a2"], ["b1", "b2"]).tolist() == [1.0, 1.0] and raw.positions == "a"
+
+
+def test_self_play_asks_each_ordered_pair_once_and_sees_the_raw_bias(endpoint):
+    from engine.recipes.magnetic_selfplay import judge_groups
+
+    server, url = endpoint  # answers "A" to everything
+    judge = get_single_order_judge(f"openai:{url}#m")  # as magnetic self-play builds it
+    raw = judge_groups(judge, ["x"], ["r0", "r1", "r2"], 3)
+    assert len(server.seen) == 6  # 3 * 2 ordered pairs, each asked once (a symmetrising judge would ask 12)
+    off_diagonal = raw[0][~np.eye(3, dtype=bool)]
+    assert off_diagonal.tolist() == [1.0] * 6  # the position bias stays visible: p_ij + p_ji - 1 = 1
+    assert judge.positions == "a" and get_single_order_judge("bt:sentiment").positions == "ab"
 
 
 def test_http_judge_averages_the_two_orders_by_hand(endpoint):

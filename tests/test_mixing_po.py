@@ -136,6 +136,8 @@ def test_pipeline_writes_pareto_sweep_rows(run, in_world):
     assert dict(zip(generations["model"], generations["n"])) == {label: 4 * 3 for label in set(generated["label"])}
     # the default decode (sir_token at temperature 1) samples the distribution the estimates describe
     assert set(mixtures["distribution"]) == {"sequence T=1"}
+    evaluations = StoreReader().query("SELECT metric, distribution FROM evaluations")
+    assert set(evaluations["distribution"]) == {"sequence T=1"}  # every number of a generated point names it too
 
 
 def test_the_result_is_certified_at_lambda_bar_on_every_prompt(run, in_world):

@@ -41,8 +41,10 @@ else:
     picked = st.multiselect("Evaluation runs", eval_runs, default=eval_runs[:1], key="cmp_eval_runs")
     shown = rates[rates["run_id"].isin(picked)]
     chart(charts.win_rate_bars(shown, "Win rate against the baseline (95% bootstrap CI)"), "eval_win_rates")
-    st.caption("The length-controlled win rate (AlpacaEval 2) is a point estimate; the store keeps no interval "
-               "for it.")
+    st.caption("Win rate estimates P(the judge prefers the model's response to the baseline's) on a prompt drawn "
+               "like the evaluation's prompts, both sampled as the distribution column says, the judge seeing both "
+               "orders (judgments.position 'ab'); 95% bootstrap interval over prompts. The length-controlled win rate "
+               "(AlpacaEval 2) is a point estimate; the store keeps no interval for it.")
     table(shown, "eval_win_rates", "win_rates.csv")
 
 # ---------------------------------------------------------------------------------------------- verdicts

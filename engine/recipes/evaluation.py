@@ -125,8 +125,8 @@ def evaluate_models(models: Mapping[str, str], prompts_source: str, judge: str, 
     weights) to local paths or hub names. ``judge`` is a ``get_judge`` name (``bt:sentiment``, ``lm:<path>``,
     ``openai:<url>#<model>``), ``scorers`` are ``get_scorer`` names. Returns columns model, n, win_rate, win_low,
     win_high, lc_win_rate, mean_length, score/<scorer>, margin/<scorer>, pareto_front (NaN for the baseline's own
-    comparisons). The score rows name the ``distribution`` sampled (engine.decoding.distributions; default: plain
-    sampling at ``params.temperature``), so the Pareto views put them on a front only with points of the same one.
+    comparisons). Every row names the ``distribution`` sampled (engine.decoding.distributions; default: plain
+    sampling at ``params.temperature``), so the Pareto views put scores on a front only with points of the same one.
     """
     if not models:
         raise InputError("models: give at least one model (name -> path)")
@@ -146,7 +146,7 @@ def evaluate_models(models: Mapping[str, str], prompts_source: str, judge: str, 
     for name in models:
         length = np.asarray(outputs[name].num_tokens, dtype=np.float64)
         record: dict[str, Any] = {"model": name, "n": n, "mean_length": float(length.mean())}
-        rows.append(_row(name, baseline, "mean_length", mean_ci(length), n))
+        rows.append(_row(name, baseline, "mean_length", mean_ci(length), n, distribution))
         for s, values in scores[name].items():
             stats = mean_ci(values)
             record[f"score/{s}"] = stats[0]
@@ -158,18 +158,19 @@ def evaluate_models(models: Mapping[str, str], prompts_source: str, judge: str, 
             rate = win_rate(outcomes, n_resamples=N_RESAMPLES)
             record.update(win_rate=rate[0], win_low=rate[1], win_high=rate[2],
                           lc_win_rate=length_controlled_win_rate(outcomes, length, base_len))
-            rows += [_row(name, baseline, "win_rate", rate, n), _row(name, baseline, "lc_win_rate",
-                                                                     record["lc_win_rate"], n)]
+            rows += [_row(name, baseline, "win_rate", rate, n, distribution),
+                     _row(name, baseline, "lc_win_rate", record["lc_win_rate"], n, distribution)]
             for s, values in scores[name].items():
                 stats = mean_ci(values - scores[baseline][s])
                 record[f"margin/{s}"] = stats[0]
-                rows.append(_row(name, baseline, f"margin/{s}", stats, n))
+                rows.append(_row(name, baseline, f"margin/{s}", stats, n, distribution))
         table.append(record)
     frame = pd.DataFrame(table)
     if scorers:
         front = pareto_front(frame[[f"score/{s}" for s in scorers]].to_numpy())
         frame["pareto_front"] = front
-        rows += [_row(name, baseline, "pareto_front", float(on), len(models)) for name, on in zip(models, front)]
+        rows += [_row(name, baseline, "pareto_front", float(on), len(models), distribution)
+                 for name, on in zip(models, front)]
     writer.append("evaluations", rows)
     if progress:
         for record in frame.to_dict("records"):

@@ -57,7 +57,7 @@ from engine.data.loaders import load_prompts
 from engine.decoding.generation import SamplingParams, derived_seed
 from engine.decoding.rollouts import Rollout, VLLMEngine, engine_checkpoint, response_log_probs, response_tokens, sample
 from engine.errors import InputError
-from engine.judges import Judge, get_judge
+from engine.judges import Judge, get_single_order_judge
 from engine.methods.magnetic_po.config import MagneticPOParams
 from engine.methods.magnetic_po.loss import mmd_objective, self_play_advantages, token_kl
 from engine.models.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
@@ -322,7 +322,7 @@ def train_magnetic(cfg: RunConfig, writer: RunWriter, resume: bool = False) -> P
     on_cuda = device.type == "cuda"
     backend = params.sampling_backend(cuda=on_cuda)  # before any model is loaded: a missing vLLM fails at once
     torch.manual_seed(t.seed)
-    judge = get_judge(_resolve_judge(params.judge))
+    judge = get_single_order_judge(_resolve_judge(params.judge))
     train_prompts = load_prompts(resolve_source(cfg.data.train), limit=cfg.data.limit, seed=t.seed)["prompt"]
     heldout = list(load_prompts(resolve_source(params.prompts), seed=t.seed)["prompt"])
     chunks, steps_per_round = _round_schedule(cfg, len(train_prompts))

@@ -255,14 +255,15 @@ def pareto_sweep(cfg: RunConfig, writer: RunWriter, policies, samples: MixingSam
             mean, se = _mean_se(scores[:, :, i])
             rows.append({"label": label, "weights": weights, "objective": n, "score": mean, "kind": "generated",
                          "ess": ess, "distribution": distribution})
-            evaluations.append(_evaluation(label, f"score/{n}", mean, se, len(repeated)))
+            evaluations.append(_evaluation(label, f"score/{n}", mean, se, len(repeated), distribution))
         rewards, kl = _decoded_rewards(policies, names, label, full, repeated, out.token_ids, samples, params)
         for i, n in enumerate(names):
             evaluations.append(_evaluation(label, f"implicit_reward/{n}", *_mean_se(rewards[:, :, i]),
-                                           len(repeated)))
+                                           len(repeated), distribution))
         if distribution == SEQUENCE_T1:
             maxmin[label] = float(rewards.mean(axis=(0, 1)).min() - kl)
-            evaluations.append(_evaluation(label, "maxmin_value", maxmin[label], float("nan"), len(repeated)))
+            evaluations.append(_evaluation(label, "maxmin_value", maxmin[label], float("nan"), len(repeated),
+                                           distribution))
         writer.append("evaluations", evaluations)
         key = cache_key(f"{writer.run_id}:{label}:{weights}", params.prompts, sampling, f"mixed:{params.decode_mode}")
         writer.append("generations", ({"cache_key": key, "model": label, "prompt_set": params.prompts,
@@ -283,9 +284,9 @@ def pareto_sweep(cfg: RunConfig, writer: RunWriter, policies, samples: MixingSam
     return pd.DataFrame(rows)
 
 
-def _evaluation(label: str, metric: str, mean: float, se: float, n: int) -> dict:
+def _evaluation(label: str, metric: str, mean: float, se: float, n: int, distribution: str) -> dict:
     return {"model": label, "baseline": "", "metric": metric, "value": mean, "low": mean - Z95 * se,
-            "high": mean + Z95 * se, "n": n}
+            "high": mean + Z95 * se, "n": n, "distribution": distribution}
 
 
 def _decoded_rewards(policies, names: Sequence[str], label: str, weights: np.ndarray, prompts: Sequence[str],

@@ -56,7 +56,8 @@ SCHEMA: dict[str, dict[str, str]] = {
                   "model_b": "VARCHAR", "output_a": "VARCHAR", "output_b": "VARCHAR", "prob_a": "DOUBLE",
                   "winner": "VARCHAR", "position": "VARCHAR", "time": "DOUBLE"},
     # Summary numbers of an evaluation: win rates with intervals, scores, margins.
-    # `distribution`: what generated texts a score describes (engine.decoding.distributions); NULL for other metrics.
+    # `distribution`: what sampled the texts a number describes (engine.decoding.distributions); NULL for numbers
+    # of no generation (teacher-forced reward margins).
     "evaluations": {"run_id": "VARCHAR", "model": "VARCHAR", "baseline": "VARCHAR", "metric": "VARCHAR",
                     "value": "DOUBLE", "low": "DOUBLE", "high": "DOUBLE", "n": "BIGINT", "distribution": "VARCHAR",
                     "time": "DOUBLE"},
