@@ -392,7 +392,8 @@ def test_generate_shows_the_mixture_beside_each_single_objective_policy(filled, 
     def fake_mix_generate(run_id, weights, prompts, n=8, seed=0):
         calls.append((run_id, list(weights), list(prompts), n))
         return [{"prompt": p, "output": f"{SCRIPT_OUTPUT} w={list(weights)}", "num_tokens": 3,
-                 "scores": {"sentiment": 0.5, "conciseness": 0.25}, "ess": None, "distribution": "sequence T=1"} for p in prompts[:n]]
+                 "scores": {"sentiment": 0.5, "conciseness": 0.25}, "ess": None, "distribution": "sequence T=1"}
+                for p in prompts[:n]]
 
     monkeypatch.setattr(engine.recipes.mixing, "mix_generate", fake_mix_generate)
     at = _open("mixer")

@@ -23,8 +23,8 @@ from engine.judges import (
     ScorerJudge,
     SentimentScorer,
     get_judge,
-    get_single_order_judge,
     get_scorer,
+    get_single_order_judge,
     lexicon_polarity,
 )
 from engine.models.loading import load_tokenizer
