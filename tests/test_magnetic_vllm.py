@@ -74,7 +74,7 @@ def test_asking_for_vllm_without_it_fails_at_load_time_and_before_any_model(worl
     cfg = _config(world)
     cfg.params.generation_backend = "vllm"
     loaded = []
-    monkeypatch.setattr(magnetic_po, "get_judge", lambda name: loaded.append(name))
+    monkeypatch.setattr(magnetic_po, "get_single_order_judge", lambda name: loaded.append(name))
     monkeypatch.setattr(magnetic_po, "load_model", lambda *a, **k: loaded.append(a))
     with pytest.raises(ConfigError, match="generation_backend.*requirements-gpu.txt"):
         train_magnetic(cfg, RunWriter("vllm-missing"))
