@@ -9,9 +9,12 @@ import time
 from pathlib import Path
 
 from engine.config import config_fields, config_to_dict, default_config, load_config
+from engine.data.worlds import DEFAULT_WORLD, WORLDS
 from engine.errors import PrefLabError
 from engine.methods import get_method, method_names
 from engine.store.runs import StoreError
+
+_WORLD_HELP = "; ".join(f"{w.name}: {w.summary}" for w in WORLDS.values())
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -125,21 +128,24 @@ def _as_job(run_id: str | None):
 def cmd_demo_prepare(args: argparse.Namespace) -> int:
     import os
 
-    from engine.data.demo.prepare import prepare_demo
+    from engine.data.worlds import get_world
     from engine.store.jobs import RUN_ID_ENV
 
+    world = get_world(args.world)
     with _as_job(os.environ.get(RUN_ID_ENV)):
-        result = prepare_demo(force=args.force, scale=args.scale)
+        result = world.prepare(force=args.force, scale=args.scale)
     total = sum(result["seconds"].values())
-    print(f"demo world ready: models {result['sft']}, data {Path(result['manifest']).parent} ({total:.0f} s; "
+    print(f"demo world {world.name!r} ready under {Path(result['manifest']).parent} ({total:.0f} s; "
           f"rebuilt: {', '.join(result['built']) or 'nothing, all cached'})")
     return 0
 
 
 def cmd_demo_run(args: argparse.Namespace) -> int:
+    from engine.data.worlds import get_world
     from engine.recipes.demo_run import demo_run
 
-    result = demo_run(args.config, dry_run=args.dry_run, scale=args.scale)
+    config = args.config or get_world(args.world).spec
+    result = demo_run(config, dry_run=args.dry_run, scale=args.scale)
     if not args.dry_run:
         total = result["seconds"]["total"]  # wall time: the stages ran side by side, so their sum overstates it
         print(f"demo finished in {total:.0f} s as run {result['run_id']}; open the dashboard (make run) to compare")
@@ -245,12 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     demo = sub.add_parser("demo", help="the offline demo world").add_subparsers(dest="action", required=True)
-    p = demo.add_parser("prepare", help="build the demo corpus, tokenizer, tiny models and preference sets (cached)")
+    p = demo.add_parser("prepare", help="build a demo world: its models, prompts and preference sets (cached)")
+    p.add_argument("--world", default=DEFAULT_WORLD, choices=list(WORLDS), help=_WORLD_HELP)
     p.add_argument("--force", action="store_true", help="rebuild every step even if cached")
     p.add_argument("--scale", default="full", choices=["full", "test"], help="test: a miniature world in seconds")
     p.set_defaults(func=cmd_demo_prepare)
     p = demo.add_parser("run", help="train, evaluate and compare every method on the demo task (reuses done steps)")
-    p.add_argument("--config", default="configs/demo.yaml", help="pipeline spec (configs/demo_real.yaml: GPU)")
+    p.add_argument("--world", default=DEFAULT_WORLD, choices=list(WORLDS), help=_WORLD_HELP + "; its spec runs")
+    p.add_argument("--config", help="pipeline spec instead of the world's (configs/demo_real.yaml: GPU)")
     p.add_argument("--scale", choices=["full", "test"], help="test: a shortened pipeline that runs in a minute")
     p.add_argument("--dry-run", action="store_true", help="print the plan without loading anything")
     p.set_defaults(func=cmd_demo_run)

@@ -118,6 +118,25 @@ class ConcisenessScorer:
         return -np.array([len(x) for x in ids], dtype=float)
 
 
+class VaderScorer:
+    """VADER's compound score of the response alone, in [-1, 1] (Hutto & Gilbert, ICWSM 2014: a sentiment lexicon
+    with rules for negation, intensifiers, punctuation and emphasis; PyPI's vadersentiment). The sentiment objective
+    of the SmolLM2 world: an outside judge, written by nobody here. The prompt is left out: in a chat it is the
+    user's request, not the model's opinion."""
+
+    def __init__(self) -> None:
+        try:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        except ImportError:
+            raise InputError("the vader scorer needs the vadersentiment package; fix: pip install "
+                             "vadersentiment==3.3.2") from None
+        self.analyzer = SentimentIntensityAnalyzer()
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        _check_lengths(prompts=prompts, responses=responses)
+        return np.array([self.analyzer.polarity_scores(r)["compound"] for r in responses], dtype=float)
+
+
 class RewardModelScorer:
     """A Hugging Face sequence-classification model: its single logit, or the log-odds of `label` if it has several."""
 
@@ -316,16 +335,18 @@ class OpenAIJudge:
         return both_orders(self._prob_first, prompts, a, b) if self.symmetrize else self._prob_first(prompts, a, b)
 
 
-_SCORER_NAMES = "sentiment, conciseness, reward_model:<path>"
+_SCORER_NAMES = "sentiment, conciseness, vader, reward_model:<path>"
 _JUDGE_NAMES = "bt:<scorer>, lm:<path>, openai:<base_url>#<model>"
 
 
 def get_scorer(name: str, **kwargs) -> Scorer:
-    """A scorer by name: 'sentiment', 'conciseness' or 'reward_model:<path or hub id>'."""
+    """A scorer by name: 'sentiment', 'conciseness', 'vader' or 'reward_model:<path or hub id>'."""
     if name == "sentiment":
         return SentimentScorer(**kwargs)
     if name == "conciseness":
         return ConcisenessScorer(**kwargs)
+    if name == "vader":
+        return VaderScorer(**kwargs)
     kind, _, arg = name.partition(":")
     if kind == "reward_model" and arg:
         return RewardModelScorer(arg, **kwargs)

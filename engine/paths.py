@@ -26,6 +26,11 @@ def demo_dir() -> Path:
     return data_dir() / "demo"
 
 
+def smollm2_dir() -> Path:
+    """The SmolLM2 world: chat prompts and preference sets (its converted model is under models_dir())."""
+    return data_dir() / "smollm2"
+
+
 def models_dir() -> Path:
     """Tiny models built offline (tokenizer, SFT model, second reference) and trained policies."""
     return data_dir() / "models"

@@ -1,8 +1,9 @@
 """The end-to-end demo: one job that trains every method on the offline sentiment-vs-conciseness task, evaluates
 every policy and mixture against the SFT model, and leaves it all in the store, so the dashboard fills at once.
 
-Steps (spec: configs/demo.yaml, documented there; configs/demo_real.yaml is the GPU version):
-1. prepare the demo world (engine.data.demo.prepare.prepare_demo, which caches its own steps);
+Steps (spec: configs/demo.yaml, documented there; configs/demo_smollm2.yaml runs on SmolLM2-135M-Instruct,
+configs/demo_real.yaml is the GPU version):
+1. prepare the spec's demo world (engine/data/worlds.py: tiny or smollm2; each caches its own steps);
 2. train the stages, each its own job: a ``python -m engine train`` process started by engine.store.jobs exactly as the
    dashboard starts one, so each run shows in the runs table with its log, status and cancel button, a crash in one
    cannot take down the others, and ``parallel`` of them run at once;
@@ -287,10 +288,10 @@ def demo_run(config_path: str | Path = DEFAULT_CONFIG, dry_run: bool = False, sc
         with run_context(demo_id) as writer:
             say(f"demo run {demo_id}: {plan.source.name}, scale {plan.scale}")
             if plan.world_scale is not None:
-                from engine.data.demo.prepare import prepare_demo
+                from engine.data.worlds import get_world
 
                 tick = time.perf_counter()
-                built = prepare_demo(scale=plan.world_scale, num_threads=plan.threads or 1)["built"]
+                built = get_world(plan.world).prepare(scale=plan.world_scale, num_threads=plan.threads or 1)["built"]
                 seconds["prepare"] = time.perf_counter() - tick
                 say(f"prepare: {'built ' + ', '.join(built) if built else 'all cached'} ({seconds['prepare']:.1f} s)")
                 plan = load_plan(config_path, scale)  # now against the real files

@@ -22,9 +22,10 @@ import yaml
 
 from engine.config import ConfigError, RunConfig, check_data_ref, check_model_ref, config_from_dict, config_to_dict
 from engine.config.checks import check_simplex
+from engine.data.worlds import DEFAULT_WORLD, get_world
 from engine.methods import family_of, get_method
 from engine.methods.mixing_po.config import expert_config
-from engine.paths import REPO_ROOT, demo_dir
+from engine.paths import REPO_ROOT, data_dir
 from engine.store.jobs import refresh_status
 from engine.store.runs import ACTIVE, list_run_ids, read_run
 
@@ -73,6 +74,7 @@ class DemoPlan:
 
     source: Path
     scale: str
+    world: str  # the demo world's name (engine/data/worlds.py)
     world_scale: str | None  # None: no demo world to prepare (real models and data)
     threads: int | None
     parallel: int
@@ -117,20 +119,19 @@ def _count(where: str, value: Any, allow_none: bool = False) -> int | None:
 
 
 @contextmanager
-def _world_placeholders(needed: bool) -> Iterator[None]:
+def _world_placeholders(world: str | None) -> Iterator[None]:
     """Validate run configs before the demo world exists: its files stand as empty placeholders in a scratch data
     folder, so every other check still runs (nothing is written where the real world will be)."""
-    if not needed:
+    if world is None:
         yield
         return
-    from engine.data.demo.prepare import _paths  # the world's layout, one place
-
     with tempfile.TemporaryDirectory(prefix="preflab-plan-") as scratch:
         previous = os.environ.get("PREFLAB_DATA")
         os.environ["PREFLAB_DATA"] = scratch
         try:
-            for name, path in _paths().items():
-                is_folder = name in ("tokenizer", "sft", "ref2")
+            layout, folders = get_world(world).layout()
+            for name, path in layout.items():
+                is_folder = name in folders
                 (path if is_folder else path.parent).mkdir(parents=True, exist_ok=True)
                 if not is_folder:
                     path.touch()
@@ -230,16 +231,18 @@ def load_plan(config_path: str | Path = DEFAULT_CONFIG, scale: str | None = None
         raise DemoError(f"scale: {scale!r} is not defined in {path}; use full or one of {sorted(scales)}")
     patch = _mapping(f"scales.{scale}", scales.get(scale) or {}, _TOP_KEYS - {"scales"})
     doc = _merge({k: v for k, v in doc.items() if k != "stages"}, {k: v for k, v in patch.items() if k != "stages"})
-    world = _mapping("world", doc.get("world") or {}, {"prepare", "scale"})
+    world = _mapping("world", doc.get("world") or {}, {"name", "prepare", "scale"})
+    world_name = str(world.get("name", DEFAULT_WORLD))
+    get_world(world_name)  # an unknown name stops here, with the valid ones
     world_scale = str(world.get("scale", "full")) if world.get("prepare", False) else None
     threads = _count("threads", doc.get("threads"), allow_none=True)
     parallel = _count("parallel", doc.get("parallel", 1))
     stage_patches = _mapping(f"scales.{scale}.stages", patch.get("stages") or {}, set(patch.get("stages") or {}))
-    unprepared = world_scale is not None and not (demo_dir() / "manifest.json").exists()
-    with _world_placeholders(unprepared):
+    unprepared = world_scale is not None and not get_world(world_name).manifest().exists()
+    with _world_placeholders(world_name if unprepared else None):
         stages = _stages(_read_yaml(path, "config_path").get("stages"), path.parent, stage_patches, threads)
         spec = _eval_spec(doc.get("eval"), stages)
-    return DemoPlan(path, scale, world_scale, threads, parallel, stages, spec)
+    return DemoPlan(path, scale, world_name, world_scale, threads, parallel, stages, spec)
 
 
 # ---------------------------------------------------------------------------------------------- reuse
@@ -247,7 +250,7 @@ def load_plan(config_path: str | Path = DEFAULT_CONFIG, scale: str | None = None
 
 def world_time(plan: DemoPlan) -> float:
     """Runs older than the demo world's last build were trained on other models or data: never reused."""
-    manifest = demo_dir() / "manifest.json"
+    manifest = get_world(plan.world).manifest()
     return manifest.stat().st_mtime if plan.world_scale is not None and manifest.exists() else 0.0
 
 
@@ -302,9 +305,9 @@ def format_plan(plan: DemoPlan) -> str:
     """What demo_run would do, step by step, with what it would reuse; reads the store, loads no model."""
     since, spec = world_time(plan), plan.eval
     world = ("no demo world (real models and data by name)" if plan.world_scale is None else
-             f"demo world, scale {plan.world_scale}, under {demo_dir().parent}: "
-             + ("prepared (cached steps are kept)" if since else "not prepared yet: corpus, tokenizer, models/sft, "
-                "models/ref2 and preference sets get built first"))
+             f"demo world {plan.world!r} ({get_world(plan.world).summary}), scale {plan.world_scale}, under "
+             f"{data_dir()}: " + ("prepared (cached steps are kept)" if since else "not prepared yet: its models, "
+                                 "prompts and preference sets get built first"))
     names = [spec.baseline] + [n for s in plan.stages for n in (
         [f"{s.name}:union"] + [f"{s.name}:{point_label(p)}" for p in spec.mixtures]
         if family_of(s.cfg.method) == "mixing" else [s.name])]

@@ -1,8 +1,7 @@
 """Build the offline demo world: corpus, tokenizer, SFT model, second reference, preference sets.
 
-Every step is cached: its outputs are kept when the manifest (demo_dir()/manifest.json) records the same key, a hash
-of the format version, the seed, the step's own sizes and the keys of the steps it depends on. Changing a size
-rebuilds that step and everything downstream; `force=True` rebuilds all.
+Every step is cached (engine/data/cache.py): its outputs are kept while demo_dir()/manifest.json records the same
+key for it; changing a size rebuilds that step and everything downstream; `force=True` rebuilds all.
 
 Layout (paths from engine/paths.py):
   demo_dir()/corpus_train.parquet, corpus_heldout.parquet   text, label (1 positive), prompt, continuation
@@ -14,15 +13,12 @@ Layout (paths from engine/paths.py):
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from engine.data.cache import Step, run_steps
 from engine.errors import InputError
 from engine.paths import demo_dir, models_dir
 
@@ -70,10 +66,13 @@ SCALES: dict[str, DemoScale] = {
 }
 
 
+FOLDERS = ("tokenizer", "sft", "ref2")  # the entries of _paths() that are folders
+
+
 def _paths() -> dict[str, Path]:
     demo, models = demo_dir(), models_dir()
     paths = {name: demo / f"{name}.parquet" for name in ("corpus_train", "corpus_heldout", "prompts_heldout")}
-    paths.update({name: models / name for name in ("tokenizer", "sft", "ref2")})
+    paths.update({name: models / name for name in FOLDERS})
     for objective in ("sentiment", "conciseness", "all"):
         for split in ("train", "test"):
             paths[f"prefs_{objective}_{split}"] = demo / f"prefs_{objective}_{split}.parquet"
@@ -137,10 +136,6 @@ def _build_preferences(sizes: DemoScale, seed: int, paths: dict[str, Path], prog
     return {name: len(pd.read_parquet(path)) for name, path in written.items()}
 
 
-def _key(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def prepare_demo(force: bool = False, progress: bool = True, scale: str = "full", seed: int = 0,
                  num_threads: int | None = 1) -> dict:
     """Build (or reuse) the demo world and return its paths, per-step metrics, seconds, and what was rebuilt.
@@ -153,44 +148,19 @@ def prepare_demo(force: bool = False, progress: bool = True, scale: str = "full"
         raise InputError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
     sizes, paths = SCALES[scale], _paths()
     prefs = [p for name, p in paths.items() if name.startswith("prefs_")]
-    # name -> (dependencies, step config, outputs that must exist, builder)
-    steps: dict[str, tuple[list[str], object, list[Path], Callable[[], dict]]] = {
-        "corpus": ([], [sizes.n_train_reviews, sizes.n_heldout_reviews, sizes.n_eval_prompts],
-                   [paths["corpus_train"], paths["corpus_heldout"], paths["prompts_heldout"]],
-                   lambda: _build_corpus(sizes, seed, paths)),
-        "tokenizer": (["corpus"], sizes.vocab_size, [paths["tokenizer"] / "tokenizer.json"],
-                      lambda: _build_tokenizer(sizes, paths)),
-        "sft": (["tokenizer"], sizes.sft, [paths["sft"] / "config.json"],
-                lambda: _build_lm(sizes.sft, "sft", paths, progress)),
-        "ref2": (["tokenizer"], sizes.ref2, [paths["ref2"] / "config.json"],
-                 lambda: _build_lm(sizes.ref2, "ref2", paths, progress)),
-        "preferences": (["sft"], [sizes.n_pref_train, sizes.n_pref_test, sizes.max_new_tokens], prefs,
-                        lambda: _build_preferences(sizes, seed, paths, progress)),
+    steps = {
+        "corpus": Step([], [sizes.n_train_reviews, sizes.n_heldout_reviews, sizes.n_eval_prompts],
+                       [paths["corpus_train"], paths["corpus_heldout"], paths["prompts_heldout"]],
+                       lambda: _build_corpus(sizes, seed, paths)),
+        "tokenizer": Step(["corpus"], sizes.vocab_size, [paths["tokenizer"] / "tokenizer.json"],
+                          lambda: _build_tokenizer(sizes, paths)),
+        "sft": Step(["tokenizer"], sizes.sft, [paths["sft"] / "config.json"],
+                    lambda: _build_lm(sizes.sft, "sft", paths, progress)),
+        "ref2": Step(["tokenizer"], sizes.ref2, [paths["ref2"] / "config.json"],
+                     lambda: _build_lm(sizes.ref2, "ref2", paths, progress)),
+        "preferences": Step(["sft"], [sizes.n_pref_train, sizes.n_pref_test, sizes.max_new_tokens], prefs,
+                            lambda: _build_preferences(sizes, seed, paths, progress)),
     }
-    manifest_path = demo_dir() / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    records, keys, built, seconds = manifest.get("steps", {}), {}, [], {}
-    for name, (deps, config, outputs, build) in steps.items():
-        keys[name] = _key(VERSION, seed, name, config, [keys[d] for d in deps])
-        fresh = (records.get(name, {}).get("key") == keys[name] and all(p.exists() for p in outputs)
-                 and not any(d in built for d in deps))
-        if fresh and not force:
-            seconds[name] = 0.0
-            if progress:
-                print(f"demo prepare: {name:<12} cached", flush=True)
-            continue
-        from engine.models.loading import torch_threads
-
-        start = time.perf_counter()
-        with torch_threads(num_threads):
-            metrics = build()
-        seconds[name] = time.perf_counter() - start
-        built.append(name)
-        records[name] = {"key": keys[name], "seconds": round(seconds[name], 2), "metrics": metrics}
-        manifest_path.parent.mkdir(parents=True, exist_ok=True)
-        manifest_path.write_text(json.dumps({"version": VERSION, "seed": seed, "scale": scale, "steps": records},
-                                            indent=2))
-        if progress:
-            print(f"demo prepare: {name:<12} built in {seconds[name]:.1f} s  {metrics}", flush=True)
-    return {**{name: str(path) for name, path in paths.items()}, "manifest": str(manifest_path),
-            "metrics": {name: records[name]["metrics"] for name in steps}, "seconds": seconds, "built": built}
+    result = run_steps("demo", steps, demo_dir() / "manifest.json", VERSION, seed, scale, force=force,
+                       progress=progress, num_threads=num_threads)
+    return {**{name: str(path) for name, path in paths.items()}, **result}
