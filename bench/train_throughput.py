@@ -63,12 +63,14 @@ class Setup:
     dtype: str = "auto"
     warmup: int = 2
     threads: int | None = None
+    lora: int | None = None  # LoRA rank on q, k, v, o for every entry (alpha 2r); None: full fine-tuning
 
     def argv(self) -> list[str]:
         return ["--model", self.model, "--refs", ",".join(self.refs), "--pairs", self.pairs, "--n-pairs",
                 str(self.n_pairs), "--epochs", str(self.epochs), "--batch", str(self.batch), "--max-length",
                 str(self.max_length), "--dtype", self.dtype, "--warmup", str(self.warmup),
-                *(["--threads", str(self.threads)] if self.threads else [])]
+                *(["--threads", str(self.threads)] if self.threads else []),
+                *(["--lora", str(self.lora)] if self.lora else [])]
 
 
 def _step_clock(warmup: int):
@@ -110,14 +112,16 @@ def run_entry(entry: str, setup: Setup, out: str) -> dict:
     from engine.data.loaders import load_preferences
     from engine.data.validation import truncate_pairs
     from engine.methods import get_method
-    from engine.models.loading import load_model, load_tokenizer
+    from engine.models.loading import load_model, load_tokenizer, lora_config
     from engine.recipes.preference import training_arguments
 
     model = setup.model
     method = {"trl_stock": "dpo", "trl_precompute": "dpo", "mrpo_k1": "dpo"}.get(entry, entry.split("_k")[0])
     k = int(entry[-1]) if entry.startswith("mrpo_k") else 1
     sections = {"mrpo": {"references": [model, *setup.refs[:k - 1]]}} if method == "mrpo" else {}
-    cfg = config_from_dict({"method": method, "model": {"path": model, "dtype": setup.dtype},
+    lora = None if setup.lora is None else {"r": setup.lora, "alpha": 2 * setup.lora, "dropout": 0.0,
+                                            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    cfg = config_from_dict({"method": method, "model": {"path": model, "dtype": setup.dtype, "lora": lora},
                             "data": {"train": setup.pairs, "eval": None, "limit": setup.n_pairs,
                                      "max_length": setup.max_length},
                             "training": {"batch_size": setup.batch, "epochs": setup.epochs, "learning_rate": 1e-4},
@@ -130,15 +134,17 @@ def run_entry(entry: str, setup: Setup, out: str) -> dict:
     clock = _step_clock(setup.warmup)
     start = time.perf_counter()
     policy = load_model(model, dtype=setup.dtype)
+    peft = {} if cfg.model.lora is None else {"peft_config": lora_config(cfg.model.lora)}
     if entry.startswith("trl"):
         args.precompute_ref_log_probs = entry == "trl_precompute"
-        ref = None if args.precompute_ref_log_probs else load_model(model, dtype=setup.dtype)
-        trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer,
-                             callbacks=[clock])
+        # with LoRA, TRL's reference is the policy with its adapters disabled: no second model
+        ref = None if args.precompute_ref_log_probs or peft else load_model(model, dtype=setup.dtype)
+        trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=data,
+                             processing_class=tokenizer, callbacks=[clock], **peft)
     else:
         trainer = get_method(method).load_trainer()(model=policy, args=args, train_dataset=data,
                                    processing_class=tokenizer,
-                                   method_params=cfg.params, callbacks=[clock])
+                                   method_params=cfg.params, callbacks=[clock], **peft)
     built = time.perf_counter()  # model loaded, data tokenized, every reference pass done
     trainer.train()
     seconds = time.perf_counter() - start
@@ -208,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", help="HIDDEN,LAYERS: three randomly initialised Llamas of that shape (seeds 0-2) "
                         "with the demo tokenizer replace --model and --refs (on CPU, models whose weights, not the "
                         "libraries, dominate peak memory: e.g. 512,8 has 34M parameters)")
+    parser.add_argument("--lora", type=int, help="LoRA rank (q, k, v, o; alpha 2r) for every entry; default: full "
+                        "fine-tuning")
     parser.add_argument("--entries", default=",".join(ENTRIES))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one entry and print JSON
     args = parser.parse_args(argv)
@@ -242,7 +250,7 @@ def compare(args: argparse.Namespace) -> int:
     """Every entry of ``args.entries`` in its own process, then the ratios (or one entry here, with --one)."""
     refs = args.refs.split(",")
     setup = Setup(args.model, (refs[0], refs[1]), args.pairs, args.n_pairs, args.epochs, args.batch,
-                  args.max_length, args.dtype, args.warmup, args.threads)
+                  args.max_length, args.dtype, args.warmup, args.threads, args.lora)
     if args.one:
         from engine.models.loading import torch_threads
 

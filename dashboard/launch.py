@@ -16,6 +16,7 @@ from dashboard.forms import FORM_SOURCE, error_field, form_fields, initial_value
 from dashboard.queries import DEMO_KIND, config_presets, demo_ready, is_active
 from dashboard.widgets import terminal_text, untrusted
 from engine.config import ConfigError, config_from_dict, config_to_dict
+from engine.data.worlds import WORLDS
 from engine.methods import method_names
 from engine.store.jobs import launch, tail_log
 from engine.store.runs import new_run_id
@@ -102,21 +103,25 @@ def launch_form(on_launch: Callable[[str], None] | None = None) -> None:
 
 
 def first_run_screen(job: Mapping[str, Any] | None) -> None:
-    """Shown until the demo has run: offers `demo prepare` (the world only) or `demo run` (every method trained,
-    evaluated and compared) as a job, and follows the newest such job (``job``)."""
+    """Shown until the demo has run: offers, for the chosen demo world (engine/data/worlds.py), `demo prepare` (the
+    world only) or `demo run` (every method trained, evaluated and compared) as a job, and follows the newest such
+    job (``job``)."""
     running = job is not None and is_active(job["status"])
     with st.container(border=True, key="first_run"):
         st.subheader("Welcome to PrefLab")
-        st.write("The offline demo builds a small review corpus, a tokenizer, two tiny language models and preference "
-                 "sets for two objectives (sentiment, conciseness), with no download. **Run the whole demo** then "
-                 "trains every method on them, mixes the objectives and evaluates everything against the SFT model "
-                 "(about 7 minutes measured on a 2-core machine; each finished step is reused).")
+        st.write("The offline demo builds a world with no download: a model, prompts and preference sets for two "
+                 "objectives (sentiment, conciseness). **Run the whole demo** then trains every method on it, mixes "
+                 "the objectives and evaluates everything against the starting model; each finished step is reused.")
+        name = st.radio("Demo world", list(WORLDS), key="demo_world", disabled=running,
+                        format_func=lambda w: f"{w}: {WORLDS[w].summary} ({WORLDS[w].duration})")
         run_col, prepare_col = st.columns(2)
         if run_col.button("Run the whole demo", type="primary", disabled=running, key="run_demo"):
-            launch(["demo", "run"], method=DEMO_KIND, name="demo run", kind=DEMO_KIND)
+            launch(["demo", "run", "--world", name], method=DEMO_KIND, name=f"demo run {name}", kind=DEMO_KIND)
             st.rerun()
-        if prepare_col.button("Only prepare the demo world", disabled=running or demo_ready(), key="prepare_demo"):
-            launch(["demo", "prepare"], method=DEMO_KIND, name="demo prepare", kind=DEMO_KIND)
+        built = WORLDS[name].manifest().exists()
+        if prepare_col.button("Only prepare the demo world", disabled=running or built, key="prepare_demo"):
+            launch(["demo", "prepare", "--world", name], method=DEMO_KIND, name=f"demo prepare {name}",
+                   kind=DEMO_KIND)
             st.rerun()
         if job is not None:
             _demo_progress(job["run_id"], job["name"], running)

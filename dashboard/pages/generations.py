@@ -8,7 +8,14 @@ interpreted.
 import pandas as pd
 import streamlit as st
 
-from dashboard.queries import local_models, mixing_lambda_star, mixing_runs, outputs_for_prompt, stored_prompts
+from dashboard.queries import (
+    local_models,
+    mixing_lambda_star,
+    mixing_runs,
+    outputs_for_prompt,
+    score_objectives,
+    stored_prompts,
+)
 from dashboard.queries import verdicts as stored_verdicts
 from dashboard.textdiff import diff_text, similarity
 from dashboard.votes import record_vote
@@ -16,7 +23,7 @@ from dashboard.widgets import output_text, stop_unless, table
 from engine.judges import get_judge, get_scorer
 
 STORED, NEW = "stored outputs", "new prompt"
-SCORERS = ("sentiment", "conciseness")
+SCORERS = ("sentiment", "vader", "conciseness")  # the scorers that load no model: cheap on every page view
 MIX_PREFIX = "mix:"
 
 
@@ -73,7 +80,9 @@ stop_unless(len(outputs) >= 2, "Choose at least two models to compare.")
 
 st.subheader("Prompt")
 st.text(prompt)
-scorers = st.multiselect("Scores", SCORERS, default=list(SCORERS), key="gen_scorers")
+# the store's own objectives first (the tiny world's sentiment, the SmolLM2 world's vader), in SCORERS' order
+measured = [s for s in SCORERS if s in score_objectives()] or ["sentiment", "conciseness"]
+scorers = st.multiselect("Scores", SCORERS, default=measured, key="gen_scorers")
 texts = list(outputs.values())
 scores = {s: get_scorer(s).score([prompt] * len(texts), texts) for s in scorers}
 for i, (column, (name, text)) in enumerate(zip(st.columns(len(outputs)), outputs.items())):
@@ -91,7 +100,8 @@ model_a = left.selectbox("A", names, index=0, key="gen_pair_a")
 model_b = right.selectbox("B", [n for n in names if n != model_a], index=0, key="gen_pair_b")
 out_a, out_b = outputs[model_a], outputs[model_b]
 
-judge = st.text_input("Judge", "bt:sentiment", key="gen_judge", help="bt:<scorer>, lm:<path> or openai:<url>#<model>")
+judge = st.text_input("Judge", f"bt:{measured[0]}", key="gen_judge",
+                      help="bt:<scorer>, lm:<path> or openai:<url>#<model>")
 try:
     p_a = _verdict(judge, prompt, out_a, out_b)
     st.metric("Judge: P(A beats B)", f"{p_a:.3f}", help=f"{judge}; 0.5 is a tie")
