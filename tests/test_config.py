@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from engine.config import ConfigError, RunConfig, config_from_dict, config_to_dict, load_config, save_config
+from engine.data.worlds import WORLDS
 from engine.methods import get_method, method_names
 from engine.recipes.demo_spec import load_plan
 
@@ -14,13 +15,15 @@ METHOD_PARAMS = {name: get_method(name).params for name in method_names()}
 
 @pytest.fixture
 def demo_files(data_root):
-    """The local files the default config points at, so validation of paths passes."""
-    for folder in ("models/sft", "models/ref2"):
-        (data_root / folder).mkdir(parents=True)
-    (data_root / "demo").mkdir()
-    for name in ("prefs_sentiment_train", "prefs_sentiment_test", "prefs_conciseness_train", "prefs_conciseness_test",
-                 "prompts_heldout", "corpus_train"):
-        (data_root / "demo" / f"{name}.parquet").write_bytes(b"")
+    """An empty file or folder at every path a demo world writes, so validation of the shipped configs' paths passes."""
+    for world in WORLDS.values():
+        paths, folders = world.layout()
+        for name, path in paths.items():
+            if name in folders:
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"")
     return data_root
 
 

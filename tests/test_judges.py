@@ -244,7 +244,7 @@ def test_registry_names_and_errors():
     assert isinstance(get_judge("bt:conciseness").scorer, ConcisenessScorer)
     judge = get_judge("openai:https://example.org/v1#org/model-7b")
     assert judge.url == "https://example.org/v1/chat/completions" and judge.model == "org/model-7b"
-    with pytest.raises(ValueError, match="valid names: sentiment, conciseness, reward_model:<path>"):
+    with pytest.raises(ValueError, match="valid names: sentiment, conciseness, vader, reward_model:<path>"):
         get_scorer("toxicity")
     with pytest.raises(ValueError, match=r"valid names: bt:<scorer>, lm:<path>, openai:<base_url>#<model>"):
         get_judge("gpt4")

@@ -120,7 +120,7 @@ def test_lora_dpo_on_vader_pairs_starts_at_log2_and_raises_the_chosen_log_ratio(
         "method": "dpo", "dpo": {"beta": beta},
         "model": {"path": str(converted), "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
                                                    "target_modules": ["q_proj", "v_proj"]}},
-        "data": {"train": str(data_root / "pairs.parquet"), "max_length": 96},
+        "data": {"train": str(data_root / "pairs.parquet"), "eval": str(data_root / "pairs.parquet"), "max_length": 96},
         "training": {"learning_rate": 2e-3, "batch_size": 8, "max_steps": 4, "warmup_ratio": 0.0, "seed": 0,
                      "num_threads": 2}})
     writer = RunWriter.create("smol-dpo", method="dpo", name="smol-dpo", config={})
